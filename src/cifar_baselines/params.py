@@ -1,0 +1,278 @@
+"""Load and validate ``params.yaml``.
+
+Every key the pipeline understands is declared once in :data:`SCHEMA` with its
+type, default and meaning.  :func:`load_params` checks the whole file on load
+(unknown sections or keys, wrong types, values out of range) and raises
+:class:`ParamsError` with a one-line message that names the key path, before a
+stage does any heavy work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifar_baselines.errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(PipelineError):
+    """A params file that is missing, unreadable or holds an invalid value."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One params key: its expected type, default value and meaning."""
+
+    kind: str  # "int", "float", "bool", "str", "choice", "int_list"
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value!r}"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+def _open_unit(value: Any) -> str | None:
+    return None if 0 < value < 1 else f"must be in (0, 1), got {value!r}"
+
+
+def _unit_or_zero(value: Any) -> str | None:
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {value!r}"
+
+
+def _hex_md5(value: Any) -> str | None:
+    ok = len(value) == 32 and all(c in "0123456789abcdef" for c in value.lower())
+    return None if ok else f"must be 32 hexadecimal digits, got {value!r}"
+
+
+def _k_list(value: Any) -> str | None:
+    if not value:
+        return "must list at least one k"
+    if min(value) < 1:
+        return f"must hold only k >= 1, got {min(value)}"
+    if len(set(value)) != len(value):
+        return "must not repeat a k"
+    return None
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "data": {
+        "url": Key(
+            "str",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            "Where the CIFAR-10 python archive comes from: an http(s) URL, a "
+            "file:// URL, or a path relative to the repository root.",
+        ),
+        "md5": Key(
+            "str",
+            "c58f30108f718f92721af3b95e74349a",
+            "Expected md5 of the archive, checked before it is unpacked.",
+            _hex_md5,
+        ),
+    },
+    "split": {
+        "train_fraction": Key(
+            "float",
+            0.9,
+            "Share of the 60,000 images used for training; the rest is the test split.",
+            _open_unit,
+        ),
+        "seed": Key("int", 0, "Seed of the shuffled train/test split.", _non_negative),
+        "stratify": Key("bool", False, "Keep class proportions equal in both splits."),
+    },
+    "knn": {
+        "k_values": Key(
+            "int_list",
+            list(range(1, 21)),
+            "Numbers of neighbours to evaluate; the best one is reported.",
+            _k_list,
+        ),
+        "chunk_mib": Key(
+            "int",
+            256,
+            "Memory budget in MiB for the temporaries of one chunk of the "
+            "distance matrix.",
+            _positive,
+        ),
+    },
+    "mlp": {
+        "hidden_units": Key("int", 64, "Width of the hidden layer.", _positive),
+        "activation": Key(
+            "choice",
+            "sigmoid",
+            "Hidden activation.",
+            choices=("sigmoid", "relu"),
+        ),
+        "init": Key(
+            "choice",
+            "xavier",
+            "Weight initialisation: the tutorial's standard normal, Xavier "
+            "(Glorot) or He.",
+            choices=("normal", "xavier", "he"),
+        ),
+        "scaling": Key(
+            "choice",
+            "standardize",
+            "Input scaling: none, divide by 255, or standardise each pixel "
+            "with statistics of the training part only.",
+            choices=("none", "divide255", "standardize"),
+        ),
+        "batch_size": Key(
+            "int",
+            128,
+            "Mini-batch size; 0 takes the tutorial's full-batch step.",
+            _non_negative,
+        ),
+        "epochs": Key("int", 30, "Passes over the training part.", _positive),
+        "learning_rate": Key(
+            "float", 0.1, "Step size at the start of training.", _positive
+        ),
+        "momentum": Key(
+            "float", 0.9, "Heavy-ball momentum; 0 is plain SGD.", _unit_or_zero
+        ),
+        "schedule": Key(
+            "choice",
+            "cosine",
+            "Learning-rate schedule over epochs.",
+            choices=("constant", "cosine", "step"),
+        ),
+        "weight_decay": Key(
+            "float", 0.0, "L2 penalty on the weights (not the biases).", _non_negative
+        ),
+        "validation_fraction": Key(
+            "float",
+            0.1,
+            "Share of the training split held out for learning curves and model "
+            "selection; the test split is never used for either.",
+            _open_unit,
+        ),
+        "seed": Key(
+            "int",
+            0,
+            "Seed of initialisation, batch order and validation hold-out.",
+            _non_negative,
+        ),
+    },
+}
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """Return the default value of every key, section by section."""
+    return {
+        section: {name: key.default for name, key in keys.items()}
+        for section, keys in SCHEMA.items()
+    }
+
+
+def _type_error(key: Key, value: Any) -> str | None:
+    """Return why ``value`` does not have the type ``key`` expects, if it does not."""
+    kind = key.kind
+    if kind == "bool":
+        ok = isinstance(value, bool)
+        expected = "true or false"
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif kind == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        expected = "a finite number"
+    elif kind in ("str", "choice"):
+        ok = isinstance(value, str)
+        expected = "a string"
+    elif kind == "int_list":
+        ok = isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        expected = "a list of integers"
+    else:  # pragma: no cover - a schema error, not a user error
+        raise AssertionError(f"unknown kind {kind!r}")
+    if ok:
+        return None
+    return f"must be {expected}, got {value!r}"
+
+
+def validate(raw: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, Any]]:
+    """Check a parsed params mapping against :data:`SCHEMA` and return it.
+
+    Raises :class:`ParamsError` naming ``source`` and the first offending key.
+    """
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at top level")
+
+    for section, values in raw.items():
+        if section not in SCHEMA:
+            raise ParamsError(f"{source}: unknown section {section!r}")
+        if not isinstance(values, dict):
+            raise ParamsError(f"{source}: section {section!r} must be a mapping")
+        for name in values:
+            if name not in SCHEMA[section]:
+                raise ParamsError(f"{source}: unknown key '{section}.{name}'")
+
+    clean: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        values = raw.get(section, {})
+        clean[section] = {}
+        for name, key in keys.items():
+            path = f"{section}.{name}"
+            if name not in values:
+                raise ParamsError(f"{source}: missing key '{path}'")
+            value = values[name]
+            problem = _type_error(key, value)
+            if problem is None and key.kind == "choice" and value not in key.choices:
+                allowed = ", ".join(key.choices)
+                problem = f"must be one of {allowed}, got {value!r}"
+            if problem is None and key.check is not None:
+                problem = key.check(value)
+            if problem is not None:
+                raise ParamsError(f"{source}: '{path}' {problem}")
+            clean[section][name] = float(value) if key.kind == "float" else value
+    return clean
+
+
+def load_params(
+    keys: Iterable[str] | None = None, path: str | os.PathLike = PARAMS_FILE
+) -> dict[str, dict[str, Any]]:
+    """Read, validate and return the params file.
+
+    The whole file is validated whatever ``keys`` asks for.  With ``keys`` (a
+    list of ``"section.name"`` paths) only those keys are returned, so a stage
+    can read nothing it has not declared to DVC.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ParamsError(f"{path}: not valid YAML{line}") from None
+
+    params = validate(raw if raw is not None else {}, source=str(path))
+    if keys is None:
+        return params
+
+    picked: dict[str, dict[str, Any]] = {}
+    for dotted in keys:
+        section, _, name = dotted.partition(".")
+        if section not in params or name not in params[section]:
+            raise ParamsError(f"{path}: no such key '{dotted}'")
+        picked.setdefault(section, {})[name] = params[section][name]
+    return picked
