@@ -276,3 +276,32 @@ def load_params(
             raise ParamsError(f"{path}: no such key '{dotted}'")
         picked.setdefault(section, {})[name] = params[section][name]
     return picked
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def reference_table() -> str:
+    """Return the params reference as a Markdown table, one row per key.
+
+    README.md carries this table between two marker comments; a test checks
+    that the copy there is current.
+    """
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            meaning = key.help
+            if key.kind == "choice":
+                meaning += " One of: " + ", ".join(f"`{c}`" for c in key.choices) + "."
+            default = _format_default(key.default)
+            rows.append(f"| `{section}.{name}` | `{default}` | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_table(), end="")
