@@ -16,7 +16,7 @@ OVERRIDE := $(BIN)/python -m cifar_baselines.with_params \
 	-S data.url=$(DATA_URL) $(if $(DATA_MD5),-S data.md5=$(DATA_MD5)) --
 endif
 
-.PHONY: install repro test lint format bench clean-venv
+.PHONY: install repro test lint format bench clean-venv browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,30 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The page template that lets `dvc plots show` render offline: Vega, Vega-Lite
+# and vega-embed inlined from pinned npm packages (docs/plots.md).
+PLOTS_PAGE := build/plots/offline.html
 
-repro: $(STAMP)
+$(PLOTS_PAGE): src/cifar_baselines/plots_template.py tools/build_plots_template.py | $(STAMP)
+	$(BIN)/python tools/build_plots_template.py --out $@
+
+# tests/test_plots_offline.py opens the plots in headless Chromium.  Install
+# Debian's package when it is missing and we are root with apt-get; otherwise
+# that test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for tests/test_plots_offline.py"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "warning: chromium could not be installed; the browser test will skip"; \
+	else \
+		echo "note: no chromium, and not root with apt-get; the browser test will skip"; \
+	fi
+
+install: $(STAMP) $(PLOTS_PAGE)
+
+repro: $(STAMP) $(PLOTS_PAGE)
 	$(OVERRIDE) $(BIN)/dvc repro
 
 lint: $(STAMP)
@@ -39,7 +60,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint $(PLOTS_PAGE) browser
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
