@@ -1,0 +1,175 @@
+"""The distances and knn_sweep stages, run as scripts on a tiny prepared set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.spatial.distance import cdist
+
+from cifar_baselines import knn
+from cifar_baselines.read_cifar import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST, N_FEATURES = 60, 14, 3072
+K_VALUES = [5, 1, 2, 3]
+
+
+def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py")],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+
+
+def set_k_values(workdir: Path, k_values: object) -> None:
+    path = workdir / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    params["knn"]["k_values"] = k_values
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def leftovers(workdir: Path) -> list[Path]:
+    return sorted(p for p in workdir.rglob(".tmp-*"))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder with the repository's params.yaml and a tiny data/prepared."""
+    (tmp_path / "params.yaml").write_text(
+        (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    set_k_values(tmp_path, K_VALUES)
+
+    rng = np.random.default_rng(0)
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    for part, n in (("train", N_TRAIN), ("test", N_TEST)):
+        images = rng.integers(0, 256, size=(n, N_FEATURES), dtype=np.uint8)
+        labels = (np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
+        np.save(prepared / f"{part}_images.npy", images)
+        np.save(prepared / f"{part}_labels.npy", rng.permutation(labels))
+    return tmp_path
+
+
+def load(workdir: Path, part: str, what: str) -> np.ndarray:
+    return np.load(workdir / "data" / "prepared" / f"{part}_{what}.npy")
+
+
+def test_distances_then_sweep(workdir):
+    done = run_stage(workdir, "distances")
+    assert done.returncode == 0, done.stderr
+
+    dists = np.load(workdir / "data" / "knn" / "distances.npy")
+    test, train = load(workdir, "test", "images"), load(workdir, "train", "images")
+    assert dists.dtype == np.float32 and dists.shape == (N_TEST, N_TRAIN)
+    np.testing.assert_allclose(
+        dists, cdist(test.astype(np.float64), train.astype(np.float64)), rtol=2e-5
+    )
+
+    done = run_stage(workdir, "knn_sweep")
+    assert done.returncode == 0, done.stderr
+    results = workdir / "results"
+
+    metrics = json.loads((results / "knn" / "metrics.json").read_text())
+    assert set(metrics) == {"best_k", "best_accuracy", "accuracy"}
+    assert list(metrics["accuracy"]) == ["1", "2", "3", "5"]
+    expected = knn.sweep_k(
+        dists,
+        load(workdir, "train", "labels"),
+        load(workdir, "test", "labels"),
+        K_VALUES,
+    )
+    assert metrics["best_k"] == expected.best_k
+    assert metrics["best_accuracy"] == expected.best_accuracy
+    assert list(metrics["accuracy"].values()) == expected.accuracy.tolist()
+
+    with (results / "knn" / "accuracy.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["k"]), float(r["accuracy"])) for r in rows] == [
+        (int(k), a) for k, a in metrics["accuracy"].items()
+    ]
+
+    with (results / "knn" / "confusion.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == N_TEST and set(rows[0]) == {"actual", "predicted"}
+    names = np.asarray(CLASS_NAMES)
+    assert [r["actual"] for r in rows] == list(names[load(workdir, "test", "labels")])
+    assert [r["predicted"] for r in rows] == list(names[expected.best_predictions])
+
+    assert (results / "knn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert leftovers(workdir) == []
+
+
+@pytest.mark.parametrize(
+    ("k_values", "message"),
+    [
+        ([0, 1], r"'knn\.k_values' must hold only k >= 1, got 0"),
+        ([1, N_TRAIN + 1], rf"'knn\.k_values' holds k = {N_TRAIN + 1}, more than"),
+    ],
+)
+def test_sweep_refuses_bad_k_values(workdir, k_values, message):
+    assert run_stage(workdir, "distances").returncode == 0
+    set_k_values(workdir, k_values)
+
+    done = run_stage(workdir, "knn_sweep")
+
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("knn_sweep: error: params.yaml: ")
+    assert re.search(message, lines[0])
+    assert not (workdir / "results").exists()
+    assert leftovers(workdir) == []
+
+
+def test_distances_names_a_missing_file_and_writes_nothing(workdir):
+    (workdir / "data" / "prepared" / "train_images.npy").unlink()
+
+    done = run_stage(workdir, "distances")
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "distances: error: data/prepared/train_images.npy: cannot read: "
+        "No such file or directory"
+    ]
+    assert not (workdir / "data" / "knn" / "distances.npy").exists()
+    assert leftovers(workdir) == []
+
+
+def test_distances_refuses_images_of_other_widths(workdir):
+    np.save(
+        workdir / "data" / "prepared" / "test_images.npy",
+        np.zeros((N_TEST, 100), np.uint8),
+    )
+
+    done = run_stage(workdir, "distances")
+
+    assert done.returncode == 1
+    assert (
+        f"data/prepared/test_images.npy has shape ({N_TEST}, 100) and "
+        f"data/prepared/train_images.npy has shape ({N_TRAIN}, {N_FEATURES})"
+    ) in done.stderr
+    assert not (workdir / "data" / "knn").exists()
+
+
+def test_sweep_names_a_labels_file_that_does_not_match(workdir):
+    assert run_stage(workdir, "distances").returncode == 0
+    np.save(workdir / "data" / "prepared" / "test_labels.npy", np.zeros(3, np.int64))
+
+    done = run_stage(workdir, "knn_sweep")
+
+    assert done.returncode == 1
+    assert (
+        "data/prepared/test_labels.npy holds 3 labels; expected 14, the rows of "
+        "data/knn/distances.npy"
+    ) in done.stderr
+    assert not (workdir / "results").exists()
