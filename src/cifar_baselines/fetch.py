@@ -468,6 +468,11 @@ def fetch_cifar(
     modified.  A download goes to a temporary folder beside ``dest`` and is
     removed once unpacked, or at once when its md5 is wrong.
 
+    Known limit: as the download is not kept, a re-run of the stage (after an
+    edit of its code, say) downloads the archive again.  Keeping it needs a
+    place outside the stage's outputs that git ignores; until then DVC's
+    cache is what spares re-downloads.
+
     Parameters
     ----------
     url : str
