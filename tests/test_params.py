@@ -222,3 +222,12 @@ def test_apply_overrides_parses_values_as_yaml() -> None:
 
     assert patched["split"]["stratify"] is True
     assert patched["split"]["train_fraction"] == 0.8
+
+
+def test_apply_overrides_keeps_string_keys_as_text() -> None:
+    text = yaml.safe_dump(defaults())
+    digits_only = "1" * 32
+
+    patched = yaml.safe_load(apply_overrides(text, [f"data.md5={digits_only}"]))
+
+    assert patched["data"]["md5"] == digits_only

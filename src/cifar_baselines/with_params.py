@@ -4,7 +4,8 @@
 rewrites the named keys in ``params.yaml``, runs the command, and restores the
 file byte for byte however the command ends.  It is how the pipeline is pointed
 at a local copy of the archive for one run without changing the defaults kept
-in git.  Values are parsed as YAML scalars, as ``dvc exp run -S`` does.
+in git.  Values are parsed as YAML, as ``dvc exp run -S`` does, except for
+string keys, which keep the text as given.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from cifar_baselines.atomic import atomic_path
-from cifar_baselines.params import PARAMS_FILE, ParamsError, validate
+from cifar_baselines.params import PARAMS_FILE, SCHEMA, ParamsError, validate
 
 
 def apply_overrides(text: str, overrides: list[str]) -> str:
@@ -30,7 +31,11 @@ def apply_overrides(text: str, overrides: list[str]) -> str:
             raise ParamsError(f"override {item!r}: expected section.key=value")
         if section not in raw or name not in raw[section]:
             raise ParamsError(f"override {item!r}: no key '{dotted}' in {PARAMS_FILE}")
-        raw[section][name] = yaml.safe_load(value)
+        # String keys keep the text as given: an md5 of decimal digits only
+        # must not turn into an integer.
+        kind = SCHEMA.get(section, {}).get(name)
+        string = kind is not None and kind.kind in ("str", "choice")
+        raw[section][name] = value if string else yaml.safe_load(value)
     validate(raw, source=f"{PARAMS_FILE} (overridden)")
     return yaml.safe_dump(raw, sort_keys=False)
 
