@@ -1,0 +1,125 @@
+"""``dvc.yaml`` declares exactly what each stage script reads.
+
+A stage script names the params keys it reads in a module-level ``KEYS`` list
+and passes it to ``load_params``, which returns those keys only: reading an
+undeclared key fails at run time.  These tests close the loop statically:
+``KEYS`` equals the stage's ``params:`` in ``dvc.yaml``, every key in ``KEYS``
+is read by the script, and the script and the library modules it imports are
+listed as dependencies.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifar_baselines.params import SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+# Modules every stage uses for plumbing (reading params, logging, writing files
+# atomically).  They do not change any result, so listing them as dependencies
+# would only make every stage re-run when, say, the log format changes.
+PLUMBING = {"params", "stage", "atomic", "errors"}
+
+
+def declared_params(stage: dict) -> set[str]:
+    """Params keys of one ``dvc.yaml`` stage, with whole sections expanded."""
+    keys: set[str] = set()
+    for entry in stage.get("params", []):
+        assert isinstance(entry, str), f"params from another file: {entry!r}"
+        if "." in entry:
+            keys.add(entry)
+        else:
+            keys.update(f"{entry}.{name}" for name in SCHEMA[entry])
+    return keys
+
+
+def script_of(stage: dict) -> Path:
+    cmd = stage["cmd"].split()
+    assert cmd[:2] == ["python", cmd[1]] and cmd[1].startswith("stages/"), cmd
+    return REPO / cmd[1]
+
+
+def module_keys(tree: ast.Module) -> list[str] | None:
+    """The literal value of a module-level ``KEYS = [...]``, if there is one."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "KEYS" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    return None
+
+
+def subscripted_names(tree: ast.Module) -> set[str]:
+    """Every string constant used as a subscript, as in ``params["seed"]``."""
+    return {
+        node.slice.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Subscript)
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, str)
+    }
+
+
+def imported_library_modules(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "cifar_baselines":
+                names.update(alias.name for alias in node.names)
+            elif node.module.startswith("cifar_baselines."):
+                names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("cifar_baselines."):
+                    names.add(alias.name.split(".")[1])
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_params_declared_are_the_params_read(name):
+    stage = STAGES[name]
+    tree = ast.parse(script_of(stage).read_text(encoding="utf-8"))
+
+    keys = module_keys(tree) or []
+    assert set(keys) == declared_params(stage), (
+        f"stage {name}: the script's KEYS and dvc.yaml's params differ"
+    )
+    read = subscripted_names(tree)
+    unread = [key for key in keys if key.partition(".")[2] not in read]
+    assert not unread, f"stage {name} declares but never reads {unread}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_script_and_library_modules_are_dependencies(name):
+    stage = STAGES[name]
+    script = script_of(stage)
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+    deps = set(stage.get("deps", []))
+
+    assert str(script.relative_to(REPO)) in deps
+    for module in imported_library_modules(tree) - PLUMBING:
+        assert f"src/cifar_baselines/{module}.py" in deps, (
+            f"stage {name} imports cifar_baselines.{module} but does not depend on it"
+        )
+
+
+def test_params_file_holds_the_documented_defaults():
+    from cifar_baselines.params import defaults
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert params == defaults()
+
+
+def test_readme_params_reference_is_current():
+    from cifar_baselines.params import reference_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- params-reference:start -->")
+    stop = readme.index("<!-- params-reference:end -->")
+    assert readme[start:stop].split("\n", 1)[1].strip() == reference_table().strip()
