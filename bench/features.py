@@ -8,7 +8,11 @@ medians.  The two results must be equal element for element.
 Part 2 (accuracy) compares raw pixels, HOG and HOG + colour histograms for the
 kNN rule: k is chosen by ``--folds``-fold cross-validation on the training
 split only (``cifar_baselines.cv.knn_cv``), then the chosen k is evaluated
-once on the test split.
+once on the test split.  With ``--mlp`` the numpy MLP (ReLU, He
+initialisation, standardised inputs, momentum, cosine schedule) is trained on
+the same descriptors and tested once; with ``--mlp-folds N`` its hidden units
+and learning rate are first chosen on a grid by N-fold cross-validation
+(``cifar_baselines.cv.mlp_cv``).
 
 Other jobs may share the machine: the timing is a median over repeats and the
 figure that matters is the ratio between two runs made side by side.  On a
@@ -26,6 +30,7 @@ even split between the workers means both cores are used when they are free.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -37,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from cifar_baselines import cv, features, knn
+from cifar_baselines import cv, features, knn, mlp
 
 DESCRIPTORS = ("hog", "color_hist", "hog+color_hist")
 STUDY = ("raw", "hog", "hog+color_hist")
@@ -120,17 +125,25 @@ def time_kind(images: np.ndarray, kind: str, repeats: int) -> dict[str, object]:
     }
 
 
-def knn_study(
-    data: dict[str, np.ndarray], kind: str, folds: int, k_values: list[int]
-) -> dict[str, float]:
-    """kNN with k chosen by cross-validation on train, then tested once."""
+def describe(
+    data: dict[str, np.ndarray], kind: str
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Descriptors of the train and test images, and the seconds they took."""
     n_train = len(data["train_images"])
     images = np.concatenate([data["train_images"], data["test_images"]])
     start = time.perf_counter()
     described = features.compute_features(images, kind=kind, n_jobs=2)
-    train, test = described[:n_train], described[n_train:]
-    seconds_features = time.perf_counter() - start
+    return described[:n_train], described[n_train:], time.perf_counter() - start
 
+
+def knn_study(
+    data: dict[str, np.ndarray],
+    train: np.ndarray,
+    test: np.ndarray,
+    folds: int,
+    k_values: list[int],
+) -> dict[str, object]:
+    """kNN with k chosen by cross-validation on train, then tested once."""
     start = time.perf_counter()
     result = cv.knn_cv(train, data["train_labels"], k_values, n_folds=folds, seed=0)
     seconds_cv = time.perf_counter() - start
@@ -144,16 +157,61 @@ def knn_study(
 
     best = result.k_values.index(result.best_k)
     return {
-        "kind": kind,
         "best_k": result.best_k,
         "cv_mean": float(result.mean[best]),
         "cv_std": float(result.std[best]),
         "test_accuracy": accuracy,
-        "seconds_features": seconds_features,
         "seconds_cv": seconds_cv,
         "seconds_test": seconds_test,
         "cv": result.to_dict(),
     }
+
+
+def fit_and_score(
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    **settings: object,
+) -> float:
+    """Train the numpy MLP on ``x_fit`` and return its accuracy on ``x_val``."""
+    model, _ = mlp.fit_mlp(x_fit, y_fit, **settings)
+    return float(np.mean(model.predict_proba(x_val).argmax(axis=1) == y_val))
+
+
+def mlp_study(
+    data: dict[str, np.ndarray],
+    train: np.ndarray,
+    test: np.ndarray,
+    settings: dict[str, object],
+    folds: int,
+    grid: dict[str, list],
+) -> dict[str, object]:
+    """The MLP with ``settings``; with ``folds``, the grid point chosen by CV."""
+    report: dict[str, object] = {}
+    start = time.perf_counter()
+    if folds:
+        fixed = {name: v for name, v in settings.items() if name not in grid}
+        result = cv.mlp_cv(
+            train,
+            data["train_labels"],
+            grid,
+            n_folds=folds,
+            seed=0,
+            train_fn=functools.partial(fit_and_score, **fixed),
+        )
+        settings = {**settings, **result.best_point}
+        report["cv"] = result.to_dict()
+    report["seconds_cv"] = time.perf_counter() - start
+
+    # The one look at the test split, with the chosen settings.
+    start = time.perf_counter()
+    report["test_accuracy"] = fit_and_score(
+        train, data["train_labels"], test, data["test_labels"], **settings
+    )
+    report["seconds_test"] = time.perf_counter() - start
+    report["settings"] = settings
+    return report
 
 
 def main() -> None:
@@ -164,11 +222,19 @@ def main() -> None:
     parser.add_argument("--kmax", type=int, default=20)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--knn", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--mlp", action="store_true", help="also study the MLP")
+    parser.add_argument("--mlp-folds", type=int, default=0, help="0: no MLP CV")
+    parser.add_argument("--mlp-hidden", type=int, nargs="+", default=[256])
+    parser.add_argument("--mlp-lr", type=float, nargs="+", default=[0.05])
+    parser.add_argument("--mlp-epochs", type=int, default=30)
+    parser.add_argument("--mlp-weight-decay", type=float, default=1e-4)
+    parser.add_argument("--kinds", nargs="+", default=list(STUDY))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     data = load(args.prepared)
-    report: dict[str, list] = {"timing": [], "knn": []}
+    report: dict[str, list] = {"timing": [], "knn": [], "mlp": []}
 
     if not args.skip_timing:
         images = np.concatenate([data["train_images"], data["test_images"]])
@@ -191,17 +257,48 @@ def main() -> None:
 
     if not args.skip_accuracy:
         k_values = list(range(1, args.kmax + 1))
-        print(f"kNN, k in 1..{args.kmax} by {args.folds}-fold CV on train, test once")
-        print(f"{'kind':<16}{'best k':>7}{'CV mean':>9}{'CV std':>8}{'test':>7}")
-        for kind in STUDY:
-            row = knn_study(data, kind, args.folds, k_values)
-            report["knn"].append(row)
-            print(
-                f"{kind:<16}{row['best_k']:>7}{row['cv_mean']:>9.4f}"
-                f"{row['cv_std']:>8.4f}{row['test_accuracy']:>7.4f}"
-                f"   ({row['seconds_cv']:.0f} s CV)",
-                flush=True,
-            )
+        settings = {
+            "hidden_units": args.mlp_hidden[0],
+            "activation": "relu",
+            "init": "he",
+            "scaling": "standardize",
+            "batch_size": 128,
+            "epochs": args.mlp_epochs,
+            "learning_rate": args.mlp_lr[0],
+            "momentum": 0.9,
+            "schedule": "cosine",
+            "weight_decay": args.mlp_weight_decay,
+            "validation_fraction": 0.1,
+            "flip": False,
+            "seed": 0,
+        }
+        grid = {"hidden_units": args.mlp_hidden, "learning_rate": args.mlp_lr}
+        print(f"kNN: k in 1..{args.kmax} by {args.folds}-fold CV on train, test once")
+        print(f"MLP: {settings}")
+        if args.mlp_folds:
+            print(f"MLP: grid {grid} by {args.mlp_folds}-fold CV on train, test once")
+        for kind in args.kinds:
+            train, test, seconds = describe(data, kind)
+            print(f"{kind}: {train.shape[1]} columns in {seconds:.0f} s", flush=True)
+            if args.knn:
+                row = knn_study(data, train, test, args.folds, k_values)
+                report["knn"].append({"kind": kind, **row})
+                print(
+                    f"  kNN  best k {row['best_k']:>2}  CV {row['cv_mean']:.4f} "
+                    f"± {row['cv_std']:.4f}  test {row['test_accuracy']:.4f}  "
+                    f"({row['seconds_cv']:.0f} s CV)",
+                    flush=True,
+                )
+            if args.mlp:
+                row = mlp_study(data, train, test, settings, args.mlp_folds, grid)
+                report["mlp"].append({"kind": kind, **row})
+                chosen = {n: row["settings"][n] for n in grid}
+                print(
+                    f"  MLP  {chosen}  test {row['test_accuracy']:.4f}  "
+                    f"({row['seconds_cv']:.0f} s CV, {row['seconds_test']:.0f} s "
+                    "train+test)",
+                    flush=True,
+                )
 
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
