@@ -350,14 +350,28 @@ def test_knn_predict_with_many_distance_ties_follows_the_stable_order(n_train, k
     np.testing.assert_array_equal(got, _stable_reference(dists, labels, k))
 
 
-@pytest.mark.parametrize("n_train", [50, 999, 1000, 2048])
-def test_nearest_finds_the_sorted_neighbours_with_and_without_a_tail(n_train):
-    # Group sizes that divide n_train and some that leave a tail of columns.
+@pytest.mark.parametrize(
+    ("n_train", "k_max", "tail"),
+    [(400, 4, 0), (401, 4, 1), (2048, 20, 8), (50, 20, 0), (30, 30, 0), (9, 1, 0)],
+)
+def test_nearest_finds_the_sorted_neighbours(n_train, k_max, tail):
+    # Groups of s columns that divide n_train, and some that leave a tail.
+    s, g = knn._group_size(n_train, k_max)
+    assert n_train - s * g == tail
     dists = _rng(n_train).random((30, n_train)).astype(np.float32)
 
-    for k_max in (1, 5, 20):
-        got = knn._nearest(dists, k_max)
-        np.testing.assert_array_equal(got, np.argsort(dists, axis=1)[:, :k_max])
+    got = knn._nearest(dists, k_max)
+
+    np.testing.assert_array_equal(got, np.argsort(dists, axis=1)[:, :k_max])
+
+
+def test_nearest_reads_a_strided_view():
+    dists = _rng(11).random((40, 900))
+    view = dists[::2, ::3]  # (20, 300), neither axis contiguous
+
+    got = knn._nearest(view, 6)
+
+    np.testing.assert_array_equal(got, np.argsort(view, axis=1)[:, :6])
 
 
 def test_knn_predict_keeps_the_label_values():
