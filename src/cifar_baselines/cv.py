@@ -210,6 +210,12 @@ def knn_cv(
     ``chunk_mib`` budget each).  The ``(n_train, n_train)`` matrix is never
     formed.
 
+    Known limit: ``distance_matrix`` centres each block and the rest by their
+    common mean, which depends on the block, so float32 distances are rounded
+    a little differently for another ``chunk_mib``; a neighbour at a near-tie
+    (a relative gap of about 1e-6) can then change.  Centring once per fold
+    would remove it, if ``distance_matrix`` accepted a given centre.
+
     Parameters
     ----------
     features_train : ndarray of shape (n_train, n_features)

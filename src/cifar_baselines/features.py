@@ -13,8 +13,10 @@ Descriptor kinds (the ``features.kind`` params key):
 ``hog``
     Histograms of oriented gradients (scikit-image's ``hog``) on the colour
     image: at each pixel the gradient of the channel with the largest gradient
-    magnitude is used (``channel_axis=-1``), which kept more information than
-    a grey-level image did in our runs.  Blocks are normalised with L2-Hys.
+    magnitude is used (``channel_axis=-1``).  With kNN it scored a little
+    higher than HOG of the grey-level image (0.506 against 0.492 at k = 10,
+    8-pixel cells, on a 54,000 / 6,000 development split).  Blocks are
+    normalised with L2-Hys.
 ``color_hist``
     For each of hue, saturation and value (HSV, each in [0, 1]) a histogram of
     ``bins`` equal-width bins over the 1024 pixels, divided by 1024 so that
@@ -22,9 +24,12 @@ Descriptor kinds (the ``features.kind`` params key):
 ``hog+color_hist``
     The two descriptors side by side, HOG first.  Each block keeps its own
     normalisation (HOG blocks have unit L2-Hys norm, histograms sum to 1 per
-    channel); no weight is applied between them.  Rescaling the blocks to unit
-    length each made the colour block dominate Euclidean distances and cost
-    kNN accuracy, so plain concatenation is the documented combination.
+    channel); no weight is applied between them.  Rescaling each block to
+    unit length instead made the colour block dominate Euclidean distances
+    (kNN at k = 10: 0.469 against 0.542 for plain concatenation, grey-level
+    HOG, same split).  The rows are never rescaled with statistics of the
+    data, so the descriptors of the test images do not depend on the
+    training images; the MLP standardises its inputs itself.
 """
 
 from __future__ import annotations
