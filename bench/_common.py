@@ -39,19 +39,32 @@ def time_rounds(
 def report(
     title: str, seconds: dict[str, list[float]], baseline: str
 ) -> dict[str, dict[str, float | list[float]]]:
-    """Print the median of each peer and its ratio to ``baseline``; return them."""
+    """Print each peer's median time and its ratio to ``baseline``; return them.
+
+    Two ratios: of the medians, and the median of the ratios within each
+    round (peers of one round ran back to back, under much the same load).
+    """
     base = statistics.median(seconds[baseline])
     width = max(map(len, seconds))
-    print(f"\n{title}")
+    print(f"\n{title}\n  ratios to {baseline}: of the medians / median per round")
     rows = {}
     for name, values in seconds.items():
         median = statistics.median(values)
         ratio = median / base
+        per_round = statistics.median(
+            v / b for v, b in zip(values, seconds[baseline], strict=True)
+        )
         spread = ", ".join(f"{v:.2f}" for v in values)
         print(
-            f"  {name:<{width}}  {median:8.2f} s  {ratio:5.2f}x {baseline}  [{spread}]"
+            f"  {name:<{width}}  {median:8.2f} s  {ratio:5.2f}x / {per_round:5.2f}x"
+            f"  [{spread}]"
         )
-        rows[name] = {"median_s": median, "ratio": ratio, "seconds": values}
+        rows[name] = {
+            "median_s": median,
+            "ratio_of_medians": ratio,
+            "median_ratio_per_round": per_round,
+            "seconds": values,
+        }
     return rows
 
 

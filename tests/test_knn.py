@@ -118,28 +118,37 @@ def test_chunked_equals_unchunked(dtype):
     rows = []
 
     whole = knn.distance_matrix(a, b, chunk_mib=1024)
-    chunked = knn.distance_matrix(a, b, chunk_mib=0.02, on_chunk=rows.append)
+    chunked = knn.distance_matrix(a, b, chunk_mib=0.001, on_chunk=rows.append)
 
     assert len(rows) > 5 and sum(rows) == len(a)
     rtol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(chunked, whole, rtol=rtol)
 
 
-@pytest.mark.parametrize("chunk_mib", [0.05, 0.3, 2])
+@pytest.mark.parametrize("chunk_mib", [0.01, 0.05, 0.3, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_chunk_within_budget(chunk_mib, dtype):
+@pytest.mark.parametrize("save", [False, True])
+def test_every_chunk_within_budget(tmp_path, chunk_mib, dtype, save):
+    # distance_matrix writes into its result; save_distance_matrix also holds
+    # a block of distances per chunk.
     a = _rng(4).normal(size=(300, 40)).astype(dtype)
     b = _rng(5).normal(size=(700, 40)).astype(dtype)
     rows = []
 
-    knn.distance_matrix(a, b, chunk_mib=chunk_mib, on_chunk=rows.append)
+    if save:
+        knn.save_distance_matrix(
+            tmp_path / "d.npy", a, b, chunk_mib=chunk_mib, on_chunk=rows.append
+        )
+    else:
+        knn.distance_matrix(a, b, chunk_mib=chunk_mib, on_chunk=rows.append)
 
     budget = chunk_mib * knn.MIB
-    expected = knn.distance_chunk_rows(700, 40, dtype=dtype, chunk_mib=chunk_mib)
+    shape = {"dtype": dtype, "into_out": not save}
+    expected = knn.distance_chunk_rows(700, 40, chunk_mib=chunk_mib, **shape)
     assert max(rows) == min(expected, 300)
     for n in rows:
-        assert knn.distance_chunk_nbytes(n, 700, 40, dtype=dtype) <= budget
-    assert knn.distance_chunk_nbytes(expected + 1, 700, 40, dtype=dtype) > budget
+        assert knn.distance_chunk_nbytes(n, 700, 40, **shape) <= budget
+    assert knn.distance_chunk_nbytes(expected + 1, 700, 40, **shape) > budget
 
 
 def test_saving_holds_no_more_than_the_budget_and_the_copy_of_b(tmp_path):
@@ -162,13 +171,15 @@ def test_saving_holds_no_more_than_the_budget_and_the_copy_of_b(tmp_path):
     assert peak > copy_of_b  # the trace does see numpy's arrays
 
 
-def test_budget_below_one_row_warns_and_uses_one_row():
+def test_budget_below_one_row_warns_and_uses_one_row(tmp_path):
     a = np.ones((3, 10))
     b = np.zeros((100_000, 10))
     rows = []
 
-    with pytest.warns(RuntimeWarning, match=r"less than one row"):
-        knn.distance_matrix(a, b, chunk_mib=0.5, on_chunk=rows.append)
+    with pytest.warns(RuntimeWarning, match=r"less than one row of distances needs"):
+        knn.save_distance_matrix(
+            tmp_path / "d.npy", a, b, chunk_mib=0.5, on_chunk=rows.append
+        )
 
     assert rows == [1, 1, 1]
 
@@ -228,13 +239,13 @@ def test_out_memmap_is_filled(tmp_path):
     a, b = x_test.astype(np.float32), x_train.astype(np.float32)
     out = open_memmap(tmp_path / "d.npy", mode="w+", dtype=np.float32, shape=(33, 120))
 
-    returned = knn.distance_matrix(a, b, chunk_mib=0.01, out=out)
+    returned = knn.distance_matrix(a, b, chunk_mib=0.0001, out=out)
     out.flush()
     del out
 
     assert isinstance(returned, np.memmap)
-    np.testing.assert_array_equal(
-        np.load(tmp_path / "d.npy"), knn.distance_matrix(a, b)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "d.npy"), knn.distance_matrix(a, b), rtol=1e-6
     )
 
 

@@ -113,19 +113,33 @@ def _check_k(k: int, n_train: int, name: str = "k") -> int:
 # --------------------------------------------------------------------------- #
 
 
-def distance_chunk_nbytes(
-    n_rows: int, n_b: int, n_features: int, *, dtype: np.dtype | type = np.float32
-) -> int:
-    """Bytes of the temporaries :func:`distance_matrix` holds for one chunk.
+# Work on whole arrays that is not a matrix product (centring, the norms, the
+# steps after the product) runs on slices of rows of about this size, which
+# stay in the CPU caches from one step to the next: each slice is read from
+# memory once instead of once per step.
+_CACHE_BLOCK_BYTES = 4 * MIB
 
-    A chunk of ``n_rows`` rows of ``a`` needs its centred copy
-    ``(n_rows, n_features)``, its squared norms ``(n_rows,)`` in float64 and
-    in the compute dtype, and the block of distances ``(n_rows, n_b)``
-    (counted even when it is written straight into ``out``).  The centred
-    copy of ``b`` is made once per call and is not part of a chunk.
+
+def distance_chunk_nbytes(
+    n_rows: int,
+    n_b: int,
+    n_features: int,
+    *,
+    dtype: np.dtype | type = np.float32,
+    into_out: bool = False,
+) -> int:
+    """Bytes of the temporaries held for one chunk of rows of ``a``.
+
+    A chunk of ``n_rows`` rows needs its centred copy ``(n_rows, n_features)``
+    and its squared norms ``(n_rows,)`` in float64 and in the compute dtype;
+    unless the distances go straight into the result (``into_out=True``, as
+    in :func:`distance_matrix`), also a block of distances
+    ``(n_rows, n_b)``, as in :func:`save_distance_matrix`.  The centred copy
+    of ``b`` is made once per call and is not part of a chunk.
     """
     itemsize = np.dtype(dtype).itemsize
-    return n_rows * ((n_features + n_b + 1) * itemsize + 8)
+    block = 0 if into_out else n_b
+    return n_rows * ((n_features + block + 1) * itemsize + 8)
 
 
 def distance_chunk_rows(
@@ -134,14 +148,15 @@ def distance_chunk_rows(
     *,
     dtype: np.dtype | type = np.float32,
     chunk_mib: float = DEFAULT_CHUNK_MIB,
+    into_out: bool = False,
 ) -> int:
     """Rows of ``a`` per chunk so that one chunk's temporaries fit ``chunk_mib``.
 
     At least one row: when a single row does not fit, a chunk is one row and
-    :func:`distance_matrix` warns that the budget cannot be met.
+    a ``RuntimeWarning`` says that the budget cannot be met.
     """
     budget = _check_budget(chunk_mib) * MIB
-    per_row = distance_chunk_nbytes(1, n_b, n_features, dtype=dtype)
+    per_row = distance_chunk_nbytes(1, n_b, n_features, dtype=dtype, into_out=into_out)
     return max(1, int(budget // per_row))
 
 
@@ -156,39 +171,41 @@ class _Prepared:
     dtype: np.dtype
 
 
-def _prepare(a: np.ndarray, b: np.ndarray, chunk_mib: float) -> _Prepared:
-    """Centre ``b`` by the common mean of ``a`` and ``b``, in blocks of rows."""
+def _prepare(
+    a: np.ndarray, b: np.ndarray, chunk_mib: float, *, into_out: bool
+) -> _Prepared:
+    """Centre ``b`` by the common mean of ``a`` and ``b``, slice by slice."""
     dtype = _compute_dtype(a, b)
-    n_features = a.shape[1]
-    rows = distance_chunk_rows(b.shape[0], n_features, dtype=dtype, chunk_mib=chunk_mib)
-    if distance_chunk_nbytes(1, b.shape[0], n_features, dtype=dtype) > (
-        chunk_mib * MIB
-    ):
+    n_b, n_features = b.shape
+    rows = distance_chunk_rows(
+        n_b, n_features, dtype=dtype, chunk_mib=chunk_mib, into_out=into_out
+    )
+    one_row = distance_chunk_nbytes(1, n_b, n_features, dtype=dtype, into_out=into_out)
+    if one_row > chunk_mib * MIB:
         warnings.warn(
             f"chunk_mib={chunk_mib} is less than one row of distances needs "
-            f"({b.shape[1]} features, {b.shape[0]} columns); using one row per "
-            "chunk",
+            f"({one_row} bytes for {n_features} features and {n_b} columns); "
+            "using one row per chunk",
             RuntimeWarning,
             stacklevel=3,
         )
 
-    # The common mean, summed in float64 one block of rows at a time so that
-    # an integer input is never converted whole.  A block of the inputs needs
-    # at most n_features float64 values per row.
-    block_rows = max(1, int(chunk_mib * MIB // (n_features * 8)))
+    # The common mean, summed in float64 so that an integer input is never
+    # converted whole.
+    step = max(1, _CACHE_BLOCK_BYTES // (n_features * 8))
     total = np.zeros(n_features, dtype=np.float64)
     for x in (a, b):
-        for start in range(0, len(x), block_rows):
-            total += x[start : start + block_rows].sum(axis=0, dtype=np.float64)
+        for start in range(0, len(x), step):
+            total += x[start : start + step].sum(axis=0, dtype=np.float64)
     mean = total / (len(a) + len(b))
 
-    # Centre b block by block, take its squared norms in float64, then scale
-    # it by -2 (exact: a power of two) so the matrix product gives -2 a.b.
+    # Centre b, take its squared norms in float64, then scale it by -2 (exact:
+    # a power of two) so that the matrix product gives -2 a.b directly.
     b_scaled = np.empty(b.shape, dtype=dtype)
-    b_sq = np.empty(len(b), dtype=dtype)
+    b_sq = np.empty(n_b, dtype=dtype)
     mean_c = mean.astype(dtype)
-    for start in range(0, len(b), block_rows):
-        stop = start + block_rows
+    for start in range(0, n_b, step):
+        stop = start + step
         block = b_scaled[start:stop]
         np.subtract(b[start:stop], mean_c, out=block, dtype=dtype)
         b_sq[start:stop] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
@@ -206,13 +223,16 @@ def _distance_block(a_rows: np.ndarray, prep: _Prepared, out: np.ndarray) -> Non
     a_sq = np.einsum("ij,ij->i", a_c, a_c, dtype=np.float64).astype(prep.dtype)
 
     np.matmul(a_c, prep.b_scaled.T, out=out)
-    out += a_sq[:, None]
-    out += prep.b_sq
 
-    # Rounding can leave a squared distance slightly below zero when two rows
-    # are (nearly) equal; the square root of it would be NaN.
-    np.maximum(out, 0, out=out)
-    np.sqrt(out, out=out)
+    step = max(1, _CACHE_BLOCK_BYTES // (out.shape[1] * out.itemsize))
+    for start in range(0, len(out), step):
+        rows = out[start : start + step]
+        rows += a_sq[start : start + step, None]
+        rows += prep.b_sq
+        # Rounding can leave a squared distance slightly below zero when two
+        # rows are (nearly) equal; the square root of it would be NaN.
+        np.maximum(rows, 0, out=rows)
+        np.sqrt(rows, out=rows)
 
 
 def distance_matrix(
@@ -287,7 +307,7 @@ def distance_matrix(
     else:
         out = np.empty(shape, dtype=dtype)
 
-    prep = _prepare(a, b, chunk_mib)
+    prep = _prepare(a, b, chunk_mib, into_out=True)
     for start in range(0, shape[0], prep.rows):
         stop = min(start + prep.rows, shape[0])
         _distance_block(a[start:stop], prep, out[start:stop])
@@ -332,7 +352,7 @@ def save_distance_matrix(
     a, b = _check_pair(a, b)
     _check_budget(chunk_mib)
 
-    prep = _prepare(a, b, chunk_mib)
+    prep = _prepare(a, b, chunk_mib, into_out=False)
     shape = (a.shape[0], b.shape[0])
     buffer = np.empty((min(prep.rows, shape[0]), shape[1]), dtype=prep.dtype)
     header = {
@@ -504,14 +524,6 @@ def _vote(neigh_cls: np.ndarray, ks: Sequence[int], n_classes: int) -> np.ndarra
     return winners
 
 
-# Blocks of rows in the neighbour search are also kept small enough to stay in
-# the CPU caches between the pass that takes group minima and the gather of
-# candidates from it.  On the 6000 x 54000 CIFAR-10 matrix, blocks of 4 MiB
-# swept k = 1..20 in 0.83 s against 0.99 s for blocks of 256 MiB (medians of 5
-# runs on 2 cores with 32 MiB of L3, other jobs running).
-_CACHE_BLOCK_BYTES = 4 * MIB
-
-
 def _predict_many(
     dists: np.ndarray,
     labels_train: np.ndarray,
@@ -524,6 +536,10 @@ def _predict_many(
     n_test, n_train = dists.shape
     k_max = ks[-1]
     itemsize = dists.dtype.itemsize
+    # Blocks small enough to stay in the CPU caches between the pass that
+    # takes group minima and the gather of candidates: on the 6000 x 54000
+    # CIFAR-10 matrix they swept k = 1..20 in 0.83 s against 0.99 s for blocks
+    # of 256 MiB (medians of 5 runs on 2 cores, other jobs running).
     rows = min(
         _nearest_chunk_rows(n_train, k_max, itemsize, chunk_mib),
         max(1, _CACHE_BLOCK_BYTES // (n_train * itemsize)),
