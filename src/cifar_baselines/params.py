@@ -126,60 +126,84 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "mlp": {
-        "hidden_units": Key("int", 64, "Width of the hidden layer.", _positive),
+        "hidden_units": Key(
+            "int", 64, "Width of the hidden layer (the tutorial's d_h).", _positive
+        ),
         "activation": Key(
             "choice",
             "sigmoid",
-            "Hidden activation.",
+            "Hidden-layer activation; the output layer is always a softmax.",
             choices=("sigmoid", "relu"),
         ),
         "init": Key(
             "choice",
             "xavier",
-            "Weight initialisation: the tutorial's standard normal, Xavier "
-            "(Glorot) or He.",
+            "Initial weights: N(0, 1) as in the tutorial, Xavier N(0, 2/(fan_in + "
+            "fan_out)) or He N(0, 2/fan_in); biases start at 0.",
             choices=("normal", "xavier", "he"),
         ),
         "scaling": Key(
             "choice",
             "standardize",
-            "Input scaling: none, divide by 255, or standardise each pixel "
-            "with statistics of the training part only.",
+            "Input scaling: none, divide by 255, or standardise each pixel by its "
+            "mean and std over the training part only (the model file keeps them).",
             choices=("none", "divide255", "standardize"),
+        ),
+        "pca_components": Key(
+            "int",
+            0,
+            "0 trains on the scaled pixels; k > 0 on their projections onto the k "
+            "leading principal components of the training part, partially "
+            "whitened (folded into the first layer of the saved model).",
+            _non_negative,
         ),
         "batch_size": Key(
             "int",
             128,
-            "Mini-batch size; 0 takes the tutorial's full-batch step.",
+            "Images per gradient step, reshuffled every epoch; 0 is the tutorial's "
+            "one full-batch step per epoch.",
             _non_negative,
         ),
-        "epochs": Key("int", 30, "Passes over the training part.", _positive),
-        "learning_rate": Key(
-            "float", 0.1, "Step size at the start of training.", _positive
-        ),
+        "epochs": Key("int", 10, "Passes over the training part.", _positive),
+        "learning_rate": Key("float", 0.05, "Step size of the first epoch.", _positive),
         "momentum": Key(
-            "float", 0.9, "Heavy-ball momentum; 0 is plain SGD.", _unit_or_zero
+            "float",
+            0.9,
+            "Heavy-ball momentum (v = momentum v + g; w -= lr v); 0 is plain SGD.",
+            _unit_or_zero,
         ),
         "schedule": Key(
             "choice",
             "cosine",
-            "Learning-rate schedule over epochs.",
+            "Learning rate per epoch: constant; cosine, from learning_rate down "
+            "towards 0; step, divided by 10 after 1/2 and again after 3/4 of the "
+            "epochs.",
             choices=("constant", "cosine", "step"),
         ),
         "weight_decay": Key(
-            "float", 0.0, "L2 penalty on the weights (not the biases).", _non_negative
+            "float",
+            0.0005,
+            "L2 penalty weight_decay/2 ||W||^2 on w1 and w2 (not the biases).",
+            _non_negative,
+        ),
+        "flip": Key(
+            "bool",
+            True,
+            "Mirror each training image left-right with probability 1/2 at every "
+            "step (augmentation; validation and test images are never flipped).",
         ),
         "validation_fraction": Key(
             "float",
             0.1,
-            "Share of the training split held out for learning curves and model "
-            "selection; the test split is never used for either.",
+            "Share of the training split held out to draw the learning curves and "
+            "to choose the epoch whose weights are kept (the best validation "
+            "accuracy); the test split is used for neither.",
             _open_unit,
         ),
         "seed": Key(
             "int",
             0,
-            "Seed of initialisation, batch order and validation hold-out.",
+            "Seed of the validation hold-out, initial weights, batch order and flips.",
             _non_negative,
         ),
     },

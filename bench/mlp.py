@@ -1,0 +1,280 @@
+"""Benchmark: the numpy MLP against scikit-learn, and its epochs against bare matmuls.
+
+Runs on a prepared split (``data/prepared`` of this repository once the
+pipeline has run, else the development copy in ``/tmp/devdata/prepared``, or
+``--prepared DIR``).  Every model is trained on the same rows: the training
+split minus the validation rows that :func:`mlp.fit_mlp` holds out, and scored
+once on the test split.  Parts:
+
+``sklearn``
+    ``mlp.fit_mlp`` with the defaults of ``params.yaml`` (what ``dvc repro``
+    trains) against scikit-learn's ``MLPClassifier`` with the same hidden
+    layer (64 units, ``activation="logistic"`` for the sigmoid) and its own
+    defaults otherwise (Adam, learning rate 1e-3, batches of 200, alpha 1e-4)
+    for 10 epochs (``max_iter=10``), after a ``StandardScaler``; both timed
+    from the images as stored (uint8 for ours, float32 for scikit-learn, whose
+    scaler would otherwise work in float64), in turns over ``--repeats``
+    rounds.  Ours includes holding out the validation rows and scoring them
+    after every epoch.
+``strong``
+    The stronger configuration of :data:`STRONG` (the README's
+    ``dvc exp run -S ...`` command), trained once.
+``epoch``
+    Seconds per epoch of the default and of the stronger configuration against
+    the seconds of that epoch's matrix products alone: after every epoch the
+    callback runs the same products on arrays of the same shapes (every batch's
+    forward and backward products, and the forward products of the validation
+    rows) and times them, so both see the same load.  The first epoch, which
+    includes the set-up, is left out.
+
+    python bench/mlp.py                        # all parts
+    python bench/mlp.py --parts epoch --repeats 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cifar_baselines import mlp
+from cifar_baselines.params import defaults
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, print_machine, report, time_rounds
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_PREPARED = Path("/tmp/devdata/prepared")
+PARTS = ("sklearn", "strong", "epoch")
+SKLEARN_EPOCHS = 10
+
+DEFAULT = defaults()["mlp"]
+# The stronger configuration; README.md gives it as a `dvc exp run -S` command.
+STRONG = DEFAULT | {
+    "hidden_units": 2048,
+    "activation": "relu",
+    "init": "he",
+    "pca_components": 512,
+    "batch_size": 256,
+    "epochs": 20,
+    "learning_rate": 0.02,
+    "weight_decay": 0.005,
+}
+
+
+def default_prepared() -> Path:
+    """``data/prepared`` of the repository when the pipeline has made it."""
+    repo = REPO / "data" / "prepared"
+    return repo if (repo / "train_images.npy").is_file() else DEV_PREPARED
+
+
+def changed(config: dict[str, object]) -> str:
+    """The keys of ``config`` that differ from the defaults, as ``-S`` options."""
+    return " ".join(
+        f"-S mlp.{k}={v}".replace("True", "true").replace("False", "false")
+        for k, v in config.items()
+        if DEFAULT[k] != v
+    )
+
+
+def part_sklearn(data: dict[str, np.ndarray], repeats: int) -> dict[str, object]:
+    train_rows, _ = mlp.split_validation(
+        len(data["train_labels"]), DEFAULT["validation_fraction"], DEFAULT["seed"]
+    )
+    x_sk = data["train_images"][train_rows].astype(np.float32)
+    y_sk = data["train_labels"][train_rows]
+    test_sk = data["test_images"].astype(np.float32)
+    accuracy: dict[str, float] = {}
+
+    def ours() -> None:
+        model, _ = mlp.fit_mlp(data["train_images"], data["train_labels"], **DEFAULT)
+        accuracy["numpy mlp"] = model.accuracy(data["test_images"], data["test_labels"])
+
+    def scikit_learn() -> None:
+        pipe = make_pipeline(
+            StandardScaler(),
+            MLPClassifier(
+                hidden_layer_sizes=(DEFAULT["hidden_units"],),
+                activation="logistic",
+                max_iter=SKLEARN_EPOCHS,
+                random_state=0,
+            ),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            pipe.fit(x_sk, y_sk)
+        accuracy["scikit-learn"] = float(pipe.score(test_sk, data["test_labels"]))
+
+    print(f"\nsklearn: {len(y_sk)} training images; ours: {DEFAULT}")
+    seconds = time_rounds({"numpy mlp": ours, "scikit-learn": scikit_learn}, repeats)
+    rows = report(
+        f"training time, {DEFAULT['epochs']} epochs (ours) against "
+        f"{SKLEARN_EPOCHS} (scikit-learn), median of {repeats}",
+        seconds,
+        "scikit-learn",
+    )
+    for name, value in accuracy.items():
+        print(f"  test accuracy {name:<12} {value:.4f}")
+        rows[name]["test_accuracy"] = value
+    return rows
+
+
+def part_strong(data: dict[str, np.ndarray]) -> dict[str, object]:
+    print(f"\nstrong: dvc exp run {changed(STRONG)}")
+    start = time.perf_counter()
+    model, history = mlp.fit_mlp(data["train_images"], data["train_labels"], **STRONG)
+    seconds = time.perf_counter() - start
+    accuracy = model.accuracy(data["test_images"], data["test_labels"])
+    print(
+        f"  trained in {seconds:.1f} s ({seconds / 60:.1f} min); kept epoch "
+        f"{history.best_epoch}; test accuracy {accuracy:.4f}"
+    )
+    return {
+        "config": STRONG,
+        "seconds": seconds,
+        "test_accuracy": accuracy,
+        "best_epoch": history.best_epoch,
+        "val_accuracy": history.val_accuracy,
+    }
+
+
+def bare_epoch(
+    n_train: int, n_val: int, d_in: int, d_h: int, batch_size: int
+) -> Callable[[], None]:
+    """A function running one epoch's matrix products on arrays of these shapes."""
+    rng = np.random.default_rng(0)
+    size = batch_size or n_train
+    x = rng.standard_normal((size, d_in), dtype=np.float32)
+    w1 = rng.standard_normal((d_in, d_h), dtype=np.float32)
+    w2 = rng.standard_normal((d_h, mlp.N_CLASSES), dtype=np.float32)
+    val = rng.standard_normal((min(n_val, mlp.EVAL_ROWS), d_in), dtype=np.float32)
+    batches = [min(size, n_train - s) for s in range(0, n_train, size)]
+    val_chunks = [min(len(val), n_val - s) for s in range(0, n_val, len(val))]
+
+    def run() -> None:
+        for b in batches:
+            xb = x[:b]
+            a1 = xb @ w1
+            dz2 = a1 @ w2
+            _ = a1.T @ dz2
+            dz1 = dz2 @ w2.T
+            _ = xb.T @ dz1
+        for b in val_chunks:
+            _ = (val[:b] @ w1) @ w2
+
+    return run
+
+
+def part_epoch(
+    data: dict[str, np.ndarray], config: dict[str, object], epochs: int
+) -> dict[str, object]:
+    n = len(data["train_labels"])
+    n_val = len(
+        mlp.split_validation(n, config["validation_fraction"], config["seed"])[1]
+    )
+    bare = bare_epoch(
+        n - n_val,
+        n_val,
+        data["train_images"].shape[1],
+        config["hidden_units"],
+        config["batch_size"],
+    )
+    epoch_s: list[float] = []
+    bare_s: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        epoch_s.append(time.perf_counter() - last[0])
+        start = time.perf_counter()
+        bare()
+        bare_s.append(time.perf_counter() - start)
+        last[0] = time.perf_counter()
+
+    run = config | {"epochs": epochs}
+    mlp.fit_mlp(data["train_images"], data["train_labels"], **run, on_epoch=on_epoch)
+    epoch_s, bare_s = epoch_s[1:], bare_s[1:]  # epoch 1 includes the set-up
+    ratios = [e / b for e, b in zip(epoch_s, bare_s, strict=True)]
+    median_epoch, median_bare = statistics.median(epoch_s), statistics.median(bare_s)
+    print(
+        f"  {config['hidden_units']} units, batch {config['batch_size']}: "
+        f"epoch {median_epoch:.2f} s, its matmuls {median_bare:.2f} s, ratio of "
+        f"medians {median_epoch / median_bare:.2f} (per epoch: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    return {
+        "epoch_s": epoch_s,
+        "matmul_s": bare_s,
+        "ratio_of_medians": median_epoch / median_bare,
+        "median_ratio": statistics.median(ratios),
+    }
+
+
+def load(prepared: Path) -> dict[str, np.ndarray]:
+    images, labels = mlp.load_split(prepared, "train")
+    test_images, test_labels = mlp.load_split(prepared, "test")
+    return {
+        "train_images": images,
+        "train_labels": labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared", type=Path, default=default_prepared())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        help="epochs per configuration in the epoch part (the first is left out)",
+    )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, from {PARTS}"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+
+    data = load(args.prepared)
+    info = machine()
+    print(f"prepared: {args.prepared}")
+    print_machine(info)
+    results: dict[str, object] = {"prepared": str(args.prepared), "machine": info}
+
+    if "sklearn" in parts:
+        results["sklearn"] = part_sklearn(data, args.repeats)
+    if "strong" in parts:
+        results["strong"] = part_strong(data)
+    if "epoch" in parts:
+        print("\ntime per epoch against the same epoch's matrix products")
+        results["epoch"] = {
+            name: part_epoch(data, config, args.epochs)
+            for name, config in (("default", DEFAULT), ("strong", STRONG))
+        }
+
+    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"\nload average at the end: {results['load_average_after']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1335 @@
+"""A perceptron with one hidden layer, written with numpy alone.
+
+The classic tutorial's names and signatures are kept: :func:`sigmoid`,
+:func:`softmax_stable`, :func:`one_hot`, :func:`learn_once_mse`,
+:func:`learn_once_cross_entropy`, :func:`train_mlp`, :func:`test_mlp` and
+:func:`run_mlp_training`, with its shapes: ``data`` (n_samples, d_in), ``w1``
+(d_in, d_h), ``b1`` (1, d_h), ``w2`` (d_h, d_out), ``b2`` (1, d_out).  Called
+as in the tutorial they train as the tutorial does: one full-batch step per
+epoch, sigmoid hidden layer, no momentum, no input scaling.
+
+What the pipeline adds is reached through keyword-only arguments of
+:func:`train_mlp` and through :func:`fit_mlp`, which the ``mlp_train`` stage
+calls with the ``mlp`` section of ``params.yaml``: mini-batches, momentum, a
+learning-rate schedule, L2 weight decay, ReLU, Xavier or He initialisation,
+input scaling fitted on the training part, an optional projection onto the
+leading principal components (:func:`fit_pca`), random horizontal flips, and
+a validation part held out of the training split to draw learning curves and
+to pick the epoch whose weights are kept.  :class:`MLPModel` bundles what is
+needed to classify new images (weights, activation, input scaling) and saves
+itself as one ``.npz`` file.
+
+The gradients are computed by :func:`gradients_mse` and
+:func:`gradients_cross_entropy`; ``docs/backprop.md`` derives every line of
+them, and ``tests/test_mlp.py`` checks them against central finite
+differences in float64.  Training runs in float32 with in-place updates and no
+Python loop over samples: every step is a handful of matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from cifar_baselines.atomic import atomic_path
+from cifar_baselines.errors import PipelineError
+
+ACTIVATIONS = ("sigmoid", "relu")
+INITS = ("normal", "xavier", "he")
+SCALINGS = ("none", "divide255", "standardize")
+SCHEDULES = ("constant", "cosine", "step")
+
+N_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)  # one CIFAR-10 row: red, green, blue planes of 32 x 32
+IMAGE_SIZE = math.prod(IMAGE_SHAPE)
+
+# One seed drives three independent random streams, numpy generators seeded
+# with [seed, stream]: the validation hold-out, the initial weights, and the
+# batch order and flips of training.
+HOLD_OUT, INIT, TRAINING = 0, 1, 2
+
+# At most this many rows estimate the covariance matrix in fit_pca (the cost of
+# the estimate is n_rows x d_in^2: 20,000 x 3072^2 x 2 = 0.38 TFLOP).
+PCA_ROWS = 20_000
+
+# Rows scaled and evaluated at a time by MLPModel (bounds the float32 temporaries:
+# 8192 rows x 3072 values x 4 bytes = 96 MiB).
+EVAL_ROWS = 8192
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainingDivergedError(PipelineError):
+    """The training loss or the weights became NaN or infinite."""
+
+
+class Gradients(NamedTuple):
+    """Gradients of a loss with respect to each parameter array, same shapes."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+
+
+# --------------------------------------------------------------------------- #
+# Validation                                                                   #
+# --------------------------------------------------------------------------- #
+
+
+def _as_float(name: str, x: Any) -> np.ndarray:
+    """Return ``x`` as a floating array (float64 if it held integers)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+def _check_network(
+    w1: Any, b1: Any, w2: Any, b2: Any, data: Any
+) -> tuple[np.ndarray, ...]:
+    """Return the five arrays as floating arrays of matching shapes."""
+    names = ("w1", "b1", "w2", "b2", "data")
+    arrays = (w1, b1, w2, b2, data)
+    w1, b1, w2, b2, data = (_as_float(n, x) for n, x in zip(names, arrays, strict=True))
+    if data.ndim != 2 or w1.ndim != 2 or w2.ndim != 2:
+        raise ValueError(
+            "data, w1 and w2 must be 2-D, got shapes "
+            f"{data.shape}, {w1.shape} and {w2.shape}"
+        )
+    d_in, d_h = w1.shape
+    d_out = w2.shape[1]
+    if data.shape[1] != d_in:
+        raise ValueError(
+            f"data has shape {data.shape} and w1 has shape {w1.shape}: expected "
+            f"data of shape (n_samples, {d_in})"
+        )
+    if w2.shape[0] != d_h:
+        raise ValueError(
+            f"w1 has shape {w1.shape} and w2 has shape {w2.shape}: expected w2 of "
+            f"shape ({d_h}, d_out)"
+        )
+    if b1.shape != (1, d_h) or b2.shape != (1, d_out):
+        raise ValueError(
+            f"b1 has shape {b1.shape} and b2 has shape {b2.shape}: expected "
+            f"(1, {d_h}) and (1, {d_out})"
+        )
+    return w1, b1, w2, b2, data
+
+
+def _check_finite_data(name: str, x: np.ndarray) -> None:
+    """Refuse NaN or infinite values (min and max propagate both; no temporary)."""
+    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        raise ValueError(f"{name} holds NaN or infinite values")
+
+
+def _check_labels(labels: Any, n_samples: int, n_classes: int) -> np.ndarray:
+    """Return ``labels`` as a 1-D int64 array of ``n_samples`` class indices."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.shape != (n_samples,):
+        raise ValueError(
+            f"labels must be integers of shape ({n_samples},), got dtype "
+            f"{labels.dtype} and shape {labels.shape}"
+        )
+    if n_samples and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"labels must be in 0..{n_classes - 1}, found "
+            f"{labels.min()}..{labels.max()}"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_number(
+    name: str, value: Any, *, low: float, high: float = math.inf, integer: bool = False
+) -> Any:
+    """Check that ``value`` is a number (an integer if asked) in ``[low, high)``."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not (low <= value < high) or (not integer and not math.isfinite(value)):
+        top = "" if high == math.inf else f" and < {high:g}"
+        raise ValueError(f"{name} must be >= {low:g}{top}, got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value: Any) -> float:
+    value = _check_number(name, value, low=0.0)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- #
+# Building blocks                                                             #
+# --------------------------------------------------------------------------- #
+
+
+def _sigmoid_(z: np.ndarray) -> np.ndarray:
+    """Overwrite the float array ``z`` with sigmoid(z) and return it."""
+    np.negative(z, out=z)
+    with np.errstate(over="ignore"):  # exp(-z) = inf for z < -88 (float32): σ = 0
+        np.exp(z, out=z)
+    z += 1
+    return np.reciprocal(z, out=z)
+
+
+def _relu_(z: np.ndarray) -> np.ndarray:
+    """Overwrite ``z`` with max(z, 0) and return it."""
+    return np.maximum(z, 0, out=z)
+
+
+def _softmax_(z: np.ndarray) -> np.ndarray:
+    """Overwrite the 2-D float array ``z`` with its row-wise softmax."""
+    z -= z.max(axis=1, keepdims=True)  # now every exponent is <= 0: no overflow
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)  # each sum is >= 1 (its max term is e^0)
+    return z
+
+
+_IN_PLACE = {"sigmoid": _sigmoid_, "relu": _relu_, "softmax": _softmax_}
+
+
+def sigmoid(z: Any) -> np.ndarray:
+    """Logistic function ``1 / (1 + exp(-z))``, element-wise.
+
+    Parameters
+    ----------
+    z : array_like of any shape
+
+    Returns
+    -------
+    ndarray of the shape of ``z``
+        In the float dtype of ``z`` (float64 for integers).  Very negative
+        inputs give exactly 0 and very positive ones exactly 1, with no warning.
+    """
+    return _sigmoid_(np.array(_as_float("z", z), copy=True))
+
+
+def softmax_stable(z: Any) -> np.ndarray:
+    """Row-wise softmax, computed after subtracting each row's maximum.
+
+    Parameters
+    ----------
+    z : array_like of shape (n_samples, n_classes)
+        Logits; any finite values (±1000 included) give finite probabilities.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_classes)
+        Each row sums to 1.
+    """
+    z = _as_float("z", z)
+    if z.ndim != 2:
+        raise ValueError(f"z must be 2-D (n_samples, n_classes), got shape {z.shape}")
+    return _softmax_(np.array(z, copy=True))
+
+
+def one_hot(
+    labels: Any, n_classes: int = N_CLASSES, dtype: Any = np.float32
+) -> np.ndarray:
+    """One-hot encoding of integer labels, along a new last axis.
+
+    Parameters
+    ----------
+    labels : array_like of integers, any shape (...)
+        Each in ``0 .. n_classes - 1``.
+    n_classes : int, default 10
+    dtype : dtype, default float32
+
+    Returns
+    -------
+    ndarray of shape (..., n_classes)
+        ``out[..., c]`` is 1 where ``labels == c`` and 0 elsewhere.
+    """
+    _check_number("n_classes", n_classes, low=1, integer=True)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"labels must be in 0..{n_classes - 1}, found "
+            f"{labels.min()}..{labels.max()}"
+        )
+    return (labels[..., np.newaxis] == np.arange(n_classes)).astype(dtype)
+
+
+def mse_loss(predictions: Any, targets: Any) -> float:
+    """Mean squared error, averaged over samples *and* outputs.
+
+    ``C = 1/(N d_out) sum_i sum_j (A[i, j] - Y[i, j])^2`` for predictions ``A``
+    and targets ``Y`` of shape (N, d_out), as ``np.mean`` computes it in the
+    tutorial.  Its gradient with respect to the predictions is
+    ``2 (A - Y) / (N d_out)``.
+    """
+    predictions, targets = _as_float("predictions", predictions), np.asarray(targets)
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"predictions have shape {predictions.shape} and targets "
+            f"{targets.shape}: expected equal shapes"
+        )
+    return float(np.mean(np.square(predictions - targets)))
+
+
+def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    picked = probabilities[np.arange(len(labels)), labels]
+    tiny = np.finfo(probabilities.dtype).tiny
+    return float(-np.mean(np.log(np.maximum(picked, tiny)), dtype=np.float64))
+
+
+def cross_entropy_loss(probabilities: Any, labels: Any) -> float:
+    """Cross-entropy of predicted class probabilities, averaged over samples.
+
+    ``C = -1/N sum_i log P[i, y_i]``: a mean over the N samples, not a sum.
+    With ``P = softmax(Z)`` its gradient with respect to the logits ``Z`` is
+    ``(P - Y) / N``, ``Y`` the one-hot labels (``docs/backprop.md``).
+
+    Parameters
+    ----------
+    probabilities : array_like of shape (n_samples, n_classes)
+        Rows of a softmax.  A probability of 0 for the true class gives a large
+        finite loss, not inf: probabilities are clipped below at the smallest
+        positive normal number of their dtype (``-log`` of it is 87.3 in
+        float32, 708.4 in float64).
+    labels : array_like of integers, shape (n_samples,)
+
+    Returns
+    -------
+    float
+    """
+    probabilities = _as_float("probabilities", probabilities)
+    if probabilities.ndim != 2 or probabilities.shape[0] == 0:
+        raise ValueError(
+            "probabilities must be 2-D (n_samples, n_classes) with n_samples > 0, "
+            f"got shape {probabilities.shape}"
+        )
+    n, n_classes = probabilities.shape
+    return _cross_entropy(probabilities, _check_labels(labels, n, n_classes))
+
+
+def per_class_accuracy(
+    labels: Any, predictions: Any, n_classes: int = N_CLASSES
+) -> np.ndarray:
+    """Accuracy on the samples of each class.
+
+    Parameters
+    ----------
+    labels, predictions : ndarray of integers, shape (n_samples,)
+        True and predicted classes.
+    n_classes : int, default 10
+
+    Returns
+    -------
+    ndarray of shape (n_classes,), float64
+        ``out[c]`` is the share of samples of class ``c`` predicted as ``c``,
+        NaN for a class with no sample.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    labels = _check_labels(labels, len(labels), n_classes)
+    predictions = _check_labels(predictions, len(labels), n_classes)
+    total = np.bincount(labels, minlength=n_classes)
+    correct = np.bincount(labels[predictions == labels], minlength=n_classes)
+    with np.errstate(invalid="ignore"):
+        return correct / total
+
+
+# --------------------------------------------------------------------------- #
+# Forward and backward passes                                                 #
+# --------------------------------------------------------------------------- #
+
+
+def _forward(
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    data: np.ndarray,
+    activation: str,
+    output: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The forward pass on checked arrays; see :func:`forward`."""
+    a1 = data @ w1  # Z1, (n, d_h), overwritten by A1
+    a1 += b1
+    _IN_PLACE[activation](a1)
+
+    a2 = a1 @ w2  # Z2, (n, d_out), overwritten by A2
+    a2 += b2
+    _IN_PLACE[output](a2)
+    return a1, a2
+
+
+def forward(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    data: Any,
+    *,
+    activation: str = "sigmoid",
+    output: str = "softmax",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on ``data``.
+
+    ``A1 = activation(data @ w1 + b1)`` and ``A2 = output(A1 @ w2 + b2)``.
+
+    Parameters
+    ----------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, d_out), (1, d_out)
+    data : ndarray of shape (n_samples, d_in)
+    activation : {"sigmoid", "relu"}, default "sigmoid"
+        Of the hidden layer.
+    output : {"softmax", "sigmoid"}, default "softmax"
+        Of the output layer: softmax for cross-entropy, sigmoid for the
+        tutorial's MSE network.
+
+    Returns
+    -------
+    a1 : ndarray of shape (n_samples, d_h)
+        Hidden activations.
+    a2 : ndarray of shape (n_samples, d_out)
+        Outputs; with softmax, class probabilities.
+    """
+    w1, b1, w2, b2, data = _check_network(w1, b1, w2, b2, data)
+    _check_choice("activation", activation, ACTIVATIONS)
+    _check_choice("output", output, ("softmax", "sigmoid"))
+    return _forward(w1, b1, w2, b2, data, activation, output)
+
+
+def _backward(
+    w2: np.ndarray,
+    data: np.ndarray,
+    a1: np.ndarray,
+    dz2: np.ndarray,
+    activation: str,
+) -> Gradients:
+    """Back-propagate ``dz2`` = dC/dZ2 through the network (docs/backprop.md)."""
+    dw2 = a1.T @ dz2
+    db2 = dz2.sum(axis=0, keepdims=True)
+
+    da1 = dz2 @ w2.T  # (n, d_h), overwritten by dC/dZ1 on the next line
+    if activation == "sigmoid":
+        dz1 = np.multiply(da1, a1 * (1 - a1), out=da1)  # σ'(Z1) = A1 (1 - A1)
+    else:
+        dz1 = np.multiply(da1, a1 > 0, out=da1)  # ReLU'(Z1) = 1 where Z1 > 0
+    dw1 = data.T @ dz1
+    db1 = dz1.sum(axis=0, keepdims=True)
+    return Gradients(dw1, db1, dw2, db2)
+
+
+def _cross_entropy_step(
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    data: np.ndarray,
+    labels: np.ndarray,
+    activation: str,
+) -> tuple[float, Gradients, np.ndarray]:
+    """Loss, gradients and probabilities on checked arrays."""
+    a1, a2 = _forward(w1, b1, w2, b2, data, activation, "softmax")
+    loss = _cross_entropy(a2, labels)
+
+    n = len(data)
+    dz2 = a2.copy()
+    dz2[np.arange(n), labels] -= 1  # A2 - Y
+    dz2 /= n
+    return loss, _backward(w2, data, a1, dz2, activation), a2
+
+
+def gradients_mse(
+    w1: Any, b1: Any, w2: Any, b2: Any, data: Any, targets: Any
+) -> tuple[float, Gradients, np.ndarray]:
+    """Loss and gradients of the tutorial's MSE network (sigmoid, then sigmoid).
+
+    The loss is :func:`mse_loss`, a mean over samples and outputs.
+
+    Parameters
+    ----------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, d_out), (1, d_out)
+    data : ndarray of shape (n_samples, d_in)
+    targets : ndarray of shape (n_samples, d_out)
+
+    Returns
+    -------
+    loss : float
+    grads : Gradients
+        dC/dw1, dC/db1, dC/dw2, dC/db2, each of its parameter's shape.
+    a2 : ndarray of shape (n_samples, d_out)
+        The network's outputs.
+    """
+    w1, b1, w2, b2, data = _check_network(w1, b1, w2, b2, data)
+    targets = _as_float("targets", targets)
+    if targets.shape != (len(data), w2.shape[1]):
+        raise ValueError(
+            f"targets must have shape ({len(data)}, {w2.shape[1]}), got {targets.shape}"
+        )
+
+    a1, a2 = _forward(w1, b1, w2, b2, data, "sigmoid", "sigmoid")
+    loss = float(np.mean(np.square(a2 - targets)))
+
+    da2 = 2 * (a2 - targets) / a2.size  # dC/dA2; a2.size = N d_out
+    dz2 = da2 * a2 * (1 - a2)  # dC/dZ2 = dC/dA2 σ'(Z2)
+    return loss, _backward(w2, data, a1, dz2, "sigmoid"), a2
+
+
+def gradients_cross_entropy(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    data: Any,
+    labels: Any,
+    *,
+    activation: str = "sigmoid",
+) -> tuple[float, Gradients, np.ndarray]:
+    """Loss and gradients of the softmax network under cross-entropy.
+
+    The loss is :func:`cross_entropy_loss`, a mean over samples.
+
+    Parameters
+    ----------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, d_out), (1, d_out)
+    data : ndarray of shape (n_samples, d_in)
+    labels : ndarray of integers, shape (n_samples,)
+    activation : {"sigmoid", "relu"}, default "sigmoid"
+
+    Returns
+    -------
+    loss : float
+    grads : Gradients
+        dC/dw1, dC/db1, dC/dw2, dC/db2, each of its parameter's shape.
+    a2 : ndarray of shape (n_samples, d_out)
+        Class probabilities.
+    """
+    w1, b1, w2, b2, data = _check_network(w1, b1, w2, b2, data)
+    labels = _check_labels(labels, len(data), w2.shape[1])
+    _check_choice("activation", activation, ACTIVATIONS)
+    return _cross_entropy_step(w1, b1, w2, b2, data, labels, activation)
+
+
+def learn_once_mse(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    data: Any,
+    targets: Any,
+    learning_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """One gradient step of the MSE network (sigmoid hidden and output layers).
+
+    Returns the new ``w1, b1, w2, b2`` (the inputs are not modified) and the
+    loss before the step.
+    """
+    learning_rate = _check_positive("learning_rate", learning_rate)
+    loss, grads, _ = gradients_mse(w1, b1, w2, b2, data, targets)
+    new = [p - learning_rate * g for p, g in zip((w1, b1, w2, b2), grads, strict=True)]
+    return (*new, loss)
+
+
+def learn_once_cross_entropy(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    data: Any,
+    labels: Any,
+    learning_rate: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """One gradient step of the softmax network under cross-entropy.
+
+    The hidden layer is a sigmoid, as in the tutorial.  Returns the new
+    ``w1, b1, w2, b2`` (the inputs are not modified) and the loss before the
+    step.
+    """
+    learning_rate = _check_positive("learning_rate", learning_rate)
+    loss, grads, _ = gradients_cross_entropy(w1, b1, w2, b2, data, labels)
+    new = [p - learning_rate * g for p, g in zip((w1, b1, w2, b2), grads, strict=True)]
+    return (*new, loss)
+
+
+# --------------------------------------------------------------------------- #
+# Training                                                                     #
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one training run; epoch ``e`` is at index ``e - 1``.
+
+    Training loss and accuracy are averages over the epoch's mini-batches, each
+    measured in the forward pass of its own step (so on flipped images when
+    flips are on, with weights that change during the epoch); with full-batch
+    steps they are those of the weights at the start of the epoch.  Validation
+    figures are measured after the epoch's last step.  The validation lists are
+    empty when no validation data was given.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = 0  # the epoch whose weights were kept (1-based)
+
+    COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+    def rows(self) -> list[tuple[int, float, float, float, float]]:
+        """One ``COLUMNS`` tuple per epoch (validation figures NaN if absent)."""
+        n = len(self.train_loss)
+        val_loss = self.val_loss or [math.nan] * n
+        val_accuracy = self.val_accuracy or [math.nan] * n
+        return list(
+            zip(
+                range(1, n + 1),
+                self.train_loss,
+                self.train_accuracy,
+                val_loss,
+                val_accuracy,
+                strict=True,
+            )
+        )
+
+
+def learning_rate_at(
+    learning_rate: float, schedule: str, epoch: int, epochs: int
+) -> float:
+    """The learning rate of ``epoch`` (1-based) out of ``epochs``.
+
+    ``constant`` keeps it; ``cosine`` multiplies it by
+    ``(1 + cos(pi (epoch - 1) / epochs)) / 2``, from 1 at the first epoch down
+    towards 0; ``step`` divides it by 10 after half of the epochs and again
+    after three quarters.
+    """
+    _check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "cosine":
+        return learning_rate * (1 + math.cos(math.pi * (epoch - 1) / epochs)) / 2
+    if schedule == "step":
+        passed = (epoch > epochs // 2) + (epoch > (3 * epochs) // 4)
+        return learning_rate * 0.1**passed
+    return learning_rate
+
+
+def mirror_images(rows: np.ndarray) -> np.ndarray:
+    """Mirror image rows (n, 3072) left-right; returns a new array of that shape."""
+    images = rows.reshape(-1, *IMAGE_SHAPE)  # (n, channel, y, x), a view
+    return np.ascontiguousarray(images[:, :, :, ::-1]).reshape(rows.shape)
+
+
+def _evaluate(
+    params: list[np.ndarray], data: np.ndarray, labels: np.ndarray, activation: str
+) -> tuple[float, float]:
+    """Loss and accuracy of the network ``params`` on checked arrays."""
+    loss_sum = correct = 0.0
+    for start in range(0, len(data), EVAL_ROWS):
+        rows = slice(start, start + EVAL_ROWS)
+        _, a2 = _forward(*params, data[rows], activation, "softmax")
+        loss_sum += len(a2) * _cross_entropy(a2, labels[rows])
+        correct += np.count_nonzero(np.argmax(a2, axis=1) == labels[rows])
+    return loss_sum / len(data), correct / len(data)
+
+
+def _check_finite(
+    epoch: int, loss: float, params: list[np.ndarray], learning_rate: float
+) -> None:
+    if math.isfinite(loss) and all(np.isfinite(p).all() for p in params):
+        return
+    what = (
+        f"the loss became {loss}"
+        if not math.isfinite(loss)
+        else "a weight became NaN or infinite"
+    )
+    raise TrainingDivergedError(
+        f"training diverged in epoch {epoch}: {what}; try a smaller "
+        f"learning_rate (this run started at {learning_rate:g})"
+    )
+
+
+def train_mlp(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    data_train: Any,
+    labels_train: Any,
+    learning_rate: float,
+    num_epoch: int,
+    *,
+    activation: str = "sigmoid",
+    batch_size: int = 0,
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    flip: bool = False,
+    data_train_flipped: Any = None,
+    seed: int = 0,
+    data_val: Any = None,
+    labels_val: Any = None,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, History]:
+    """Train the softmax network under cross-entropy for ``num_epoch`` epochs.
+
+    With the defaults this is the tutorial's training: each epoch is one
+    gradient step on the whole training set (:func:`learn_once_cross_entropy`
+    with a sigmoid hidden layer).
+
+    Parameters
+    ----------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, d_out), (1, d_out)
+        Initial weights; not modified.
+    data_train : ndarray of shape (n_train, d_in)
+        Already scaled (see :class:`MLPModel` for the pipeline's scaling).
+    labels_train : ndarray of integers, shape (n_train,)
+    learning_rate : float
+        Step size of the first epoch, > 0.
+    num_epoch : int
+        Passes over the training data, >= 1.
+    activation : {"sigmoid", "relu"}, default "sigmoid"
+    batch_size : int, default 0
+        Samples per step, in an order reshuffled every epoch; the last step of
+        an epoch takes what is left.  0 (or >= n_train) is one full-batch step
+        per epoch, in data order.
+    momentum : float, default 0
+        Heavy-ball momentum in [0, 1): ``v <- momentum v + g``, ``w <- w - lr v``.
+    schedule : {"constant", "cosine", "step"}, default "constant"
+        See :func:`learning_rate_at`; the rate changes between epochs.
+    weight_decay : float, default 0
+        ``weight_decay * w`` is added to the gradient of ``w1`` and ``w2`` (not
+        the biases): the gradient of the L2 penalty ``weight_decay / 2 ||w||^2``.
+        The losses reported do not include the penalty.
+    flip : bool, default False
+        At every step, replace each row of the batch by its mirror image with
+        probability 1/2 (horizontal flips).
+    data_train_flipped : ndarray of shape (n_train, d_in), optional
+        The mirror image of every row of ``data_train``, already scaled (and
+        projected) as ``data_train`` was.  Without it, ``flip`` needs rows that
+        are 3 x 32 x 32 images and mirrors them itself.
+    seed : int, default 0
+        Seed of the batch order and of the flips (the ``TRAINING`` stream).
+    data_val, labels_val : ndarray of shapes (n_val, d_in) and (n_val,), optional
+        Scored after every epoch.  When given, the weights returned are those
+        of the epoch of highest validation accuracy (the first such epoch on a
+        tie), else those of the last epoch.
+    on_epoch : callable, optional
+        Called after every epoch as ``on_epoch(epoch, metrics)`` with ``epoch``
+        from 1 and ``metrics`` the keys of :attr:`History.COLUMNS` after
+        ``epoch`` (validation keys only with validation data) and
+        ``learning_rate``.
+
+    Returns
+    -------
+    w1, b1, w2, b2 : ndarray, float32
+        The trained weights.
+    history : History
+        Per-epoch losses and accuracies and the epoch kept.
+
+    Raises
+    ------
+    TrainingDivergedError
+        When the loss or a weight becomes NaN or infinite; the message names
+        the epoch.
+    """
+    # Checks, then float32 copies that are updated in place.
+    w1, b1, w2, b2, data_train = _check_network(w1, b1, w2, b2, data_train)
+    n_train, d_out = len(data_train), w2.shape[1]
+    if n_train == 0:
+        raise ValueError("data_train has no rows")
+    labels_train = _check_labels(labels_train, n_train, d_out)
+    _check_finite_data("data_train", data_train)
+    learning_rate = _check_positive("learning_rate", learning_rate)
+    _check_number("num_epoch", num_epoch, low=1, integer=True)
+    _check_choice("activation", activation, ACTIVATIONS)
+    _check_number("batch_size", batch_size, low=0, integer=True)
+    _check_number("momentum", momentum, low=0, high=1)
+    _check_choice("schedule", schedule, SCHEDULES)
+    _check_number("weight_decay", weight_decay, low=0)
+    _check_number("seed", seed, low=0, integer=True)
+    if flip and data_train_flipped is not None:
+        data_train_flipped = _as_float("data_train_flipped", data_train_flipped)
+        if data_train_flipped.shape != data_train.shape:
+            raise ValueError(
+                f"data_train has shape {data_train.shape} and data_train_flipped "
+                f"{data_train_flipped.shape}: expected equal shapes"
+            )
+        _check_finite_data("data_train_flipped", data_train_flipped)
+    elif flip and data_train.shape[1] != IMAGE_SIZE:
+        raise ValueError(
+            f"flip needs image rows of {IMAGE_SIZE} values (3 x 32 x 32) or "
+            f"data_train_flipped, got data of shape {data_train.shape}"
+        )
+    validating = data_val is not None or labels_val is not None
+    if validating:
+        *_, data_val = _check_network(w1, b1, w2, b2, data_val)
+        if len(data_val) == 0:
+            raise ValueError("data_val has no rows")
+        labels_val = _check_labels(labels_val, len(data_val), d_out)
+        _check_finite_data("data_val", data_val)
+        data_val = data_val.astype(np.float32, copy=False)
+    data_train = data_train.astype(np.float32, copy=False)
+    if flip:
+        if data_train_flipped is None:
+            data_train_flipped = mirror_images(data_train)
+        data_train_flipped = data_train_flipped.astype(np.float32, copy=False)
+    params = [np.array(p, dtype=np.float32) for p in (w1, b1, w2, b2)]
+    velocity = [np.zeros_like(p) for p in params]
+    best = [p.copy() for p in params]
+    decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
+
+    full_batch = batch_size == 0 or batch_size >= n_train
+    size = n_train if full_batch else batch_size
+    if not full_batch or flip:
+        batch = np.empty((size, data_train.shape[1]), dtype=np.float32)
+    rng = np.random.default_rng([seed, TRAINING])
+    history = History()
+    best_accuracy = -1.0
+
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked below
+        for epoch in range(1, num_epoch + 1):
+            lr = learning_rate_at(learning_rate, schedule, epoch, num_epoch)
+            order = np.arange(n_train) if full_batch else rng.permutation(n_train)
+            epoch_loss = epoch_correct = 0.0
+
+            for start in range(0, n_train, size):
+                # The batch: rows of data_train, copied only when needed.
+                rows = order[start : start + size]
+                if full_batch and not flip:
+                    x, y = data_train, labels_train
+                else:
+                    x = np.take(data_train, rows, axis=0, out=batch[: len(rows)])
+                    y = labels_train[rows]
+                if flip:
+                    mirrored = rng.random(len(rows)) < 0.5
+                    x[mirrored] = data_train_flipped[rows[mirrored]]
+
+                # Gradients, then the momentum step in place; grads serve as
+                # scratch space once velocity has them.
+                loss, grads, a2 = _cross_entropy_step(*params, x, y, activation)
+                _check_finite(epoch, loss, [], learning_rate)
+                for p, v, g, decay in zip(params, velocity, grads, decays, strict=True):
+                    v *= momentum
+                    v += g
+                    if decay:
+                        v += np.multiply(p, decay, out=g)
+                    p -= np.multiply(v, lr, out=g)
+
+                epoch_loss += loss * len(rows)
+                epoch_correct += np.count_nonzero(np.argmax(a2, axis=1) == y)
+
+            _check_finite(epoch, epoch_loss, params, learning_rate)
+            metrics = {
+                "train_loss": epoch_loss / n_train,
+                "train_accuracy": epoch_correct / n_train,
+            }
+            if validating:
+                val_loss, val_accuracy = _evaluate(
+                    params, data_val, labels_val, activation
+                )
+                metrics |= {"val_loss": val_loss, "val_accuracy": val_accuracy}
+                if val_accuracy > best_accuracy:
+                    best_accuracy, history.best_epoch = val_accuracy, epoch
+                    for kept, p in zip(best, params, strict=True):
+                        np.copyto(kept, p)
+            for name, value in metrics.items():
+                getattr(history, name).append(value)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics | {"learning_rate": lr})
+
+    if not validating:
+        history.best_epoch, best = num_epoch, params
+    return (*best, history)
+
+
+def test_mlp(
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    data_test: Any,
+    labels_test: Any,
+    *,
+    activation: str = "sigmoid",
+) -> float:
+    """Accuracy of the softmax network on ``data_test``, in [0, 1].
+
+    Parameters
+    ----------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, d_out), (1, d_out)
+    data_test : ndarray of shape (n_test, d_in)
+    labels_test : ndarray of integers, shape (n_test,)
+    activation : {"sigmoid", "relu"}, default "sigmoid"
+    """
+    w1, b1, w2, b2, data_test = _check_network(w1, b1, w2, b2, data_test)
+    labels_test = _check_labels(labels_test, len(data_test), w2.shape[1])
+    _check_choice("activation", activation, ACTIVATIONS)
+    if len(data_test) == 0:
+        raise ValueError("data_test has no rows")
+    return _evaluate([w1, b1, w2, b2], data_test, labels_test, activation)[1]
+
+
+def init_weights(
+    d_in: int, d_h: int, d_out: int, *, init: str, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random weights and zero biases, float32.
+
+    ``normal`` draws every weight from N(0, 1) (the tutorial's choice: with
+    unscaled pixels it saturates a sigmoid layer from the first step);
+    ``xavier`` from N(0, 2 / (fan_in + fan_out)); ``he`` from N(0, 2 / fan_in).
+    The draws come from the ``INIT`` stream of ``seed``.
+
+    Returns
+    -------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, d_out), (1, d_out)
+    """
+    for name, value in (("d_in", d_in), ("d_h", d_h), ("d_out", d_out)):
+        _check_number(name, value, low=1, integer=True)
+    _check_choice("init", init, INITS)
+    rng = np.random.default_rng([seed, INIT])
+
+    def draw(fan_in: int, fan_out: int) -> np.ndarray:
+        std = {
+            "normal": 1.0,
+            "xavier": math.sqrt(2 / (fan_in + fan_out)),
+            "he": math.sqrt(2 / fan_in),
+        }[init]
+        return (std * rng.standard_normal((fan_in, fan_out))).astype(np.float32)
+
+    w1, w2 = draw(d_in, d_h), draw(d_h, d_out)
+    return w1, np.zeros((1, d_h), np.float32), w2, np.zeros((1, d_out), np.float32)
+
+
+def run_mlp_training(
+    data_train: Any,
+    labels_train: Any,
+    data_test: Any,
+    labels_test: Any,
+    d_h: int,
+    learning_rate: float,
+    num_epoch: int,
+    *,
+    seed: int = 0,
+) -> tuple[list[float], float]:
+    """The tutorial's experiment: train on one split, score on the other.
+
+    Standard-normal weights, zero biases, a sigmoid hidden layer of ``d_h``
+    units, one full-batch step per epoch, no input scaling.
+
+    Returns
+    -------
+    train_accuracies : list of float
+        Training accuracy of every epoch (see :class:`History`).
+    test_accuracy : float
+        Accuracy of the final weights on ``data_test``.
+    """
+    data_train = _as_float("data_train", data_train)
+    if data_train.ndim != 2:
+        raise ValueError(f"data_train must be 2-D, got shape {data_train.shape}")
+    w1, b1, w2, b2 = init_weights(
+        data_train.shape[1], d_h, N_CLASSES, init="normal", seed=seed
+    )
+    *weights, history = train_mlp(
+        w1, b1, w2, b2, data_train, labels_train, learning_rate, num_epoch
+    )
+    return history.train_accuracy, test_mlp(*weights, data_test, labels_test)
+
+
+# --------------------------------------------------------------------------- #
+# The pipeline's model                                                         #
+# --------------------------------------------------------------------------- #
+
+
+def split_validation(
+    n_samples: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``round(fraction n_samples)`` random rows (at least 1) for validation.
+
+    The rows are drawn from the ``HOLD_OUT`` stream of ``seed``, so the same
+    ``mlp.seed`` always holds out the same rows of a training split.
+
+    Returns
+    -------
+    train_rows, val_rows : ndarray of int64
+        Disjoint, each sorted, together ``0 .. n_samples - 1``.
+    """
+    _check_number("n_samples", n_samples, low=2, integer=True)
+    _check_number("validation_fraction", fraction, low=0, high=1)
+    n_val = min(max(1, round(fraction * n_samples)), n_samples - 1)
+    picked = np.random.default_rng([seed, HOLD_OUT]).permutation(n_samples)
+    return np.sort(picked[n_val:]), np.sort(picked[:n_val])
+
+
+def fit_scaling(
+    images: np.ndarray, scaling: str, *, mirrored: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``shift`` and ``scale`` so that ``(x - shift) * scale`` is scaled.
+
+    ``none`` is shift 0, scale 1; ``divide255`` is shift 0, scale 1/255;
+    ``standardize`` is the mean and 1/std of each feature over ``images`` (a
+    feature of std 0 keeps scale 1).  With ``mirrored`` (for flips), the
+    statistics are those of ``images`` together with their mirror images, which
+    makes flipping and scaling commute.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_samples, d_in)
+        The training part only.
+    scaling : {"none", "divide255", "standardize"}
+
+    Returns
+    -------
+    shift, scale : ndarray of shape (d_in,), float32
+    """
+    _check_choice("scaling", scaling, SCALINGS)
+    d_in = images.shape[1]
+    shift = np.zeros(d_in, np.float64)
+    scale = np.full(d_in, 1 / 255 if scaling == "divide255" else 1.0)
+    if scaling == "standardize":
+        # Sums in float64, a chunk of rows at a time (no full float64 copy).
+        total, squares = np.zeros(d_in), np.zeros(d_in)
+        for start in range(0, len(images), EVAL_ROWS):
+            chunk = images[start : start + EVAL_ROWS].astype(np.float64)
+            total += chunk.sum(axis=0)
+            squares += np.square(chunk).sum(axis=0)
+        mean, mean_sq = total / len(images), squares / len(images)
+        if mirrored:
+            mean, mean_sq = (_mirror(m) for m in (mean, mean_sq))
+        std = np.sqrt(np.maximum(mean_sq - mean**2, 0))
+        shift = mean
+        scale = np.divide(1, std, out=np.ones(d_in), where=std > 1e-6 * (1 + abs(mean)))
+    return shift.astype(np.float32), scale.astype(np.float32)
+
+
+def _mirror(per_feature: np.ndarray) -> np.ndarray:
+    """Average a per-pixel statistic (3072,) with its left-right mirror image."""
+    images = per_feature.reshape(IMAGE_SHAPE)
+    return ((images + images[:, :, ::-1]) / 2).reshape(-1)
+
+
+def fit_pca(data: np.ndarray, components: int) -> np.ndarray:
+    """Projection onto the leading principal components, partially whitened.
+
+    The covariance matrix of ``data`` is estimated from at most
+    :data:`PCA_ROWS` rows (every ``ceil(n / PCA_ROWS)``-th row: the split is
+    already in random order) and its eigenvectors ``v_j`` with the largest
+    eigenvalues ``l_j`` are kept (from the SVD of the centred rows when there
+    are fewer rows than features).  Component ``j`` is divided by
+    ``sqrt(l_j + l_mean)``, ``l_mean`` the mean of all eigenvalues: components
+    of large variance come out with variance near 1, those far below the mean
+    are damped instead of blown up (full whitening amplifies the noise of the
+    smallest components, and the network then fits it).  The whole projection
+    is then divided by one constant so that the projected training rows have
+    a mean variance of 1.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_samples, d_in)
+        The (scaled) training part only.
+    components : int
+        ``1 <= components <= d_in``.
+
+    Returns
+    -------
+    projection : ndarray of shape (d_in, components), float32
+        ``data @ projection`` are the projected rows.
+    """
+    if not 1 <= components <= min(data.shape):
+        raise ValueError(
+            f"pca_components must be in 1..{min(data.shape)} for data of shape "
+            f"{data.shape}, got {components}"
+        )
+    step = -(-len(data) // PCA_ROWS)
+    rows = data[::step].astype(np.float32)
+    rows -= rows.mean(axis=0)
+    n_rows, d_in = rows.shape
+
+    if n_rows >= d_in:
+        covariance = rows.T @ rows  # (d_in, d_in)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+        eigenvalues = eigenvalues[::-1].astype(np.float64) / n_rows
+        vectors = eigenvectors[:, ::-1][:, :components]
+    else:  # fewer rows than features: the SVD of the rows is cheaper
+        _, singular, vt = np.linalg.svd(rows, full_matrices=False)
+        eigenvalues = singular.astype(np.float64) ** 2 / n_rows
+        vectors = vt[:components].T
+    del rows
+
+    damping = eigenvalues.sum() / d_in  # the mean of all d_in eigenvalues
+    eigenvalues = np.maximum(eigenvalues[:components], 0)  # rounding can give -0.1
+    variance = eigenvalues / (eigenvalues + damping)  # of each projected component
+    factors = 1 / np.sqrt((eigenvalues + damping) * variance.mean())
+    return (vectors * factors).astype(np.float32)
+
+
+def apply_scaling(
+    images: np.ndarray, shift: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """Return ``(images - shift) * scale`` as a new float32 array (n, d_in)."""
+    out = images.astype(np.float32)
+    out -= shift
+    out *= scale
+    return out
+
+
+@dataclass(frozen=True)
+class MLPModel:
+    """A trained network and the input scaling it was trained with.
+
+    Attributes
+    ----------
+    w1, b1, w2, b2 : ndarray of shapes (d_in, d_h), (1, d_h), (d_h, 10), (1, 10)
+    activation : str
+        Of the hidden layer.
+    shift, scale : ndarray of shape (d_in,)
+        Raw inputs ``x`` are fed to the network as ``(x - shift) * scale``.
+    validation_rows : ndarray of int64
+        Rows of the training split that were held out for validation.
+    best_epoch : int
+        The epoch whose weights these are.
+    """
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    activation: str
+    shift: np.ndarray
+    scale: np.ndarray
+    validation_rows: np.ndarray
+    best_epoch: int
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Class probabilities, (n, 10) float32, for raw ``images`` (n, d_in)."""
+        images = np.asarray(images)
+        if images.ndim != 2 or images.shape[1] != len(self.shift):
+            raise ValueError(
+                f"images must have shape (n, {len(self.shift)}), got {images.shape}"
+            )
+        out = np.empty((len(images), self.w2.shape[1]), np.float32)
+        weights = (self.w1, self.b1, self.w2, self.b2)
+        for start in range(0, len(images), EVAL_ROWS):
+            x = apply_scaling(images[start : start + EVAL_ROWS], self.shift, self.scale)
+            out[start : start + len(x)] = _forward(
+                *weights, x, self.activation, "softmax"
+            )[1]
+        return out
+
+    def accuracy(self, images: Any, labels: Any) -> float:
+        """Share of ``images`` (n, d_in) classified as their ``labels`` (n,)."""
+        labels = _check_labels(labels, len(images), self.w2.shape[1])
+        if len(labels) == 0:
+            raise ValueError("images has no rows")
+        return float(np.mean(self.predict_proba(images).argmax(axis=1) == labels))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model as one ``.npz`` file, atomically."""
+        arrays = {name: getattr(self, name) for name in _MODEL_ARRAYS}
+        arrays["activation"] = np.array(self.activation)
+        arrays["best_epoch"] = np.array(self.best_epoch, np.int64)
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MLPModel:
+        """Read a model written by :meth:`save`; a bad file raises PipelineError."""
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                found = {name: npz[name] for name in npz.files}
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise PipelineError(f"{path}: not a readable .npz file ({exc})") from None
+        missing = [
+            n for n in (*_MODEL_ARRAYS, "activation", "best_epoch") if n not in found
+        ]
+        if missing:
+            raise PipelineError(f"{path}: missing arrays {', '.join(missing)}")
+
+        activation = str(found["activation"])
+        arrays = {name: found[name] for name in _MODEL_ARRAYS}
+        try:
+            _check_choice("activation", activation, ACTIVATIONS)
+            _check_network(
+                *(arrays[n] for n in ("w1", "b1", "w2", "b2")), arrays["shift"][None]
+            )
+            if arrays["scale"].shape != arrays["shift"].shape:
+                raise ValueError(
+                    f"shift has shape {arrays['shift'].shape} and scale "
+                    f"{arrays['scale'].shape}: expected equal shapes"
+                )
+        except ValueError as exc:
+            raise PipelineError(f"{path}: {exc}") from None
+        return cls(**arrays, activation=activation, best_epoch=int(found["best_epoch"]))
+
+
+_MODEL_ARRAYS = ("w1", "b1", "w2", "b2", "shift", "scale", "validation_rows")
+
+
+def fit_mlp(
+    images: Any,
+    labels: Any,
+    *,
+    hidden_units: int,
+    activation: str,
+    init: str,
+    scaling: str,
+    batch_size: int,
+    epochs: int,
+    learning_rate: float,
+    momentum: float,
+    schedule: str,
+    weight_decay: float,
+    validation_fraction: float,
+    flip: bool,
+    seed: int,
+    pca_components: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[MLPModel, History]:
+    """Train a network on a training split as the ``mlp`` params describe it.
+
+    Steps: hold out ``validation_fraction`` of the rows (seeded by ``seed``);
+    fit the input scaling on the remaining training part only; with
+    ``pca_components`` > 0, project the scaled rows onto their leading
+    principal components (:func:`fit_pca`, again on the training part only);
+    initialise the weights; train with :func:`train_mlp`, keeping the weights
+    of the epoch of best validation accuracy.  The keywords are those of the
+    ``mlp`` section of ``params.yaml``; see its reference for their meaning.
+
+    The projection is linear, so it is folded into the first layer of the
+    model returned (``w1 = projection @ w1``): the model takes scaled pixels,
+    whatever ``pca_components`` was.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n_samples, d_in)
+        Raw training split, e.g. uint8 pixels (n_samples, 3072).
+    labels : ndarray of integers, shape (n_samples,)
+        Class indices in 0..9.
+    on_epoch : callable, optional
+        Passed to :func:`train_mlp`.
+
+    Returns
+    -------
+    model : MLPModel
+    history : History
+    """
+    images = np.asarray(images)
+    if images.ndim != 2 or images.dtype.kind not in "fiu" or len(images) < 2:
+        raise ValueError(
+            "images must be a 2-D array of numbers with at least 2 rows, got shape "
+            f"{images.shape} and dtype {images.dtype}"
+        )
+    labels = _check_labels(labels, len(images), N_CLASSES)
+    _check_number("hidden_units", hidden_units, low=1, integer=True)
+    _check_choice("init", init, INITS)
+    _check_choice("scaling", scaling, SCALINGS)
+    _check_number("epochs", epochs, low=1, integer=True)
+    _check_number("seed", seed, low=0, integer=True)
+    _check_number(
+        "pca_components", pca_components, low=0, high=images.shape[1] + 1, integer=True
+    )
+    if flip and images.shape[1] != IMAGE_SIZE:
+        raise ValueError(
+            f"flip needs image rows of {IMAGE_SIZE} values (3 x 32 x 32), got "
+            f"images of shape {images.shape}"
+        )
+
+    # Hold-out, then everything fitted from data is fitted on the training part.
+    train_rows, val_rows = split_validation(len(images), validation_fraction, seed)
+    shift, scale = fit_scaling(images[train_rows], scaling, mirrored=flip)
+    x_train = apply_scaling(images[train_rows], shift, scale)
+    x_val = apply_scaling(images[val_rows], shift, scale)
+    x_flipped = None
+    if flip:
+        x_flipped = apply_scaling(mirror_images(images[train_rows]), shift, scale)
+    if pca_components:
+        projection = fit_pca(x_train, pca_components)
+        x_train, x_val = x_train @ projection, x_val @ projection
+        if flip:
+            x_flipped = x_flipped @ projection
+
+    weights = init_weights(
+        x_train.shape[1], hidden_units, N_CLASSES, init=init, seed=seed
+    )
+    *weights, history = train_mlp(
+        *weights,
+        x_train,
+        labels[train_rows],
+        learning_rate,
+        epochs,
+        activation=activation,
+        batch_size=batch_size,
+        momentum=momentum,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        flip=flip,
+        data_train_flipped=x_flipped,
+        seed=seed,
+        data_val=x_val,
+        labels_val=labels[val_rows],
+        on_epoch=on_epoch,
+    )
+    if pca_components:
+        weights[0] = projection @ weights[0]  # (d_in, k) @ (k, d_h)
+    model = MLPModel(
+        *weights,
+        activation=activation,
+        shift=shift,
+        scale=scale,
+        validation_rows=val_rows,
+        best_epoch=history.best_epoch,
+    )
+    return model, history
+
+
+def load_split(folder: str | os.PathLike, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``{part}_images.npy`` and ``{part}_labels.npy`` of a prepared folder.
+
+    Returns
+    -------
+    images : ndarray of shape (n, d_in), as stored (uint8 for pixels)
+    labels : ndarray of shape (n,), int64
+
+    Raises
+    ------
+    PipelineError
+        Naming the file that cannot be read or does not hold what is expected.
+    """
+    arrays = []
+    for what, ndim, kinds in (("images", 2, "fiu"), ("labels", 1, "iu")):
+        path = os.path.join(folder, f"{part}_{what}.npy")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise PipelineError(f"{path}: not a readable .npy file ({exc})") from None
+        if array.ndim != ndim or array.dtype.kind not in kinds:
+            raise PipelineError(
+                f"{path}: expected a {ndim}-D array of dtype kind {kinds!r}, got "
+                f"shape {array.shape} and dtype {array.dtype}"
+            )
+        arrays.append((path, array))
+
+    (images_path, images), (labels_path, labels) = arrays
+    if len(labels) != len(images):
+        raise PipelineError(
+            f"{labels_path} holds {len(labels)} labels for the {len(images)} rows "
+            f"of {images_path}"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= N_CLASSES):
+        raise PipelineError(
+            f"{labels_path}: labels must be in 0..{N_CLASSES - 1}, found "
+            f"{labels.min()}..{labels.max()}"
+        )
+    return images, labels.astype(np.int64, copy=False)
