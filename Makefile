@@ -16,7 +16,7 @@ OVERRIDE := $(BIN)/python -m cifar_baselines.with_params \
 	-S data.url=$(DATA_URL) $(if $(DATA_MD5),-S data.md5=$(DATA_MD5)) --
 endif
 
-.PHONY: install repro test lint format bench clean-venv browser
+.PHONY: install repro test lint format bench clean-venv browser readme-params
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,3 +70,6 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+readme-params: $(STAMP)
+	$(BIN)/python tools/update_readme_params.py
