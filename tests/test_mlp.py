@@ -387,6 +387,56 @@ def test_flip_trains_on_a_mix_of_rows_and_their_mirror_images():
     assert not np.allclose(got[0], plain[0])
 
 
+@pytest.mark.parametrize("batch_size", [0, 16])
+def test_raw_rows_scaled_per_batch_train_as_scaled_rows(batch_size):
+    images, labels = tiny_images(n=40)
+    shift, scale = mlp.fit_scaling(images, "standardize", mirrored=True)
+    w = mlp.init_weights(3072, 5, 10, init="xavier")
+    kwargs = dict(batch_size=batch_size, momentum=0.9, flip=True, seed=3)
+
+    *from_raw, history = mlp.train_mlp(
+        *w,
+        images[:30],
+        labels[:30],
+        0.05,
+        3,
+        input_shift=shift,
+        input_scale=scale,
+        data_val=images[30:],
+        labels_val=labels[30:],
+        **kwargs,
+    )
+    scaled = mlp.apply_scaling(images, shift, scale)
+    *from_scaled, expected = mlp.train_mlp(
+        *w,
+        scaled[:30],
+        labels[:30],
+        0.05,
+        3,
+        data_val=scaled[30:],
+        labels_val=labels[30:],
+        **kwargs,
+    )
+    for a, b in zip(from_raw, from_scaled, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-5)
+
+
+def test_flip_of_image_rows_equals_training_with_their_mirror_images():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(40, 3072)).astype(np.float32)
+    labels = np.arange(40) % 10
+    w = mlp.init_weights(3072, 5, 10, init="xavier")
+    kwargs = dict(batch_size=16, momentum=0.9, flip=True, seed=3)
+
+    *in_batches, _ = mlp.train_mlp(*w, data, labels, 0.05, 3, **kwargs)
+    *given, _ = mlp.train_mlp(
+        *w, data, labels, 0.05, 3, data_train_flipped=mlp.mirror_images(data), **kwargs
+    )
+    for a, b in zip(in_batches, given, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # --------------------------------------------------------------------------- #
 # The pipeline's model                                                         #
 # --------------------------------------------------------------------------- #
@@ -497,6 +547,16 @@ def test_mirrored_scaling_commutes_with_flips():
     scaled_then_flipped = mlp.mirror_images(mlp.apply_scaling(images, shift, scale))
     flipped_then_scaled = mlp.apply_scaling(mlp.mirror_images(images), shift, scale)
     np.testing.assert_allclose(flipped_then_scaled, scaled_then_flipped, atol=1e-5)
+
+
+def test_standardize_statistics_from_uint8_and_float32_agree():
+    images, _ = tiny_images()
+    from_uint8 = mlp.fit_scaling(images, "standardize", mirrored=True)
+    from_float = mlp.fit_scaling(
+        images.astype(np.float32), "standardize", mirrored=True
+    )
+    for a, b in zip(from_uint8, from_float, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
