@@ -10,7 +10,6 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from cifar_baselines import cv, knn
-from cifar_baselines.params import ParamsError, defaults, validate
 
 
 def _blobs(n_per_class: int, n_classes: int = 3, n_features: int = 4, seed: int = 0):
@@ -304,35 +303,3 @@ def test_mlp_cv_refuses_a_result_that_is_not_an_accuracy() -> None:
 
 
 # --- params -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("folds", 1, r"'cv.folds' must be 0 \(no cross-validation\) or at least 2"),
-        ("folds", -3, r"'cv.folds' must be 0"),
-        ("mlp_learning_rates", ["fast"], r"'cv.mlp_learning_rates' must be a list of"),
-        ("mlp_learning_rates", [0.1, True], r"must be a list of finite numbers"),
-        ("mlp_learning_rates", [0.1, float("nan")], r"must be a list of finite"),
-        ("mlp_learning_rates", [], r"'cv.mlp_learning_rates' must list at least"),
-        ("mlp_learning_rates", [0.1, 0.0], r"must hold only values > 0, got 0.0"),
-        ("mlp_hidden_units", [64, 64], r"'cv.mlp_hidden_units' must not repeat"),
-        ("mlp_hidden_units", [64.5], r"'cv.mlp_hidden_units' must be a list of int"),
-    ],
-)
-def test_cv_params_are_checked(key: str, value: object, message: str) -> None:
-    params = defaults()
-    params["cv"][key] = value
-
-    with pytest.raises(ParamsError, match=message):
-        validate(params)
-
-
-def test_a_float_list_accepts_integers_as_floats() -> None:
-    params = defaults()
-    params["cv"]["mlp_learning_rates"] = [1, 0.5]
-
-    clean = validate(params)
-
-    assert clean["cv"]["mlp_learning_rates"] == [1.0, 0.5]
-    assert all(type(v) is float for v in clean["cv"]["mlp_learning_rates"])

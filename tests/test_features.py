@@ -13,7 +13,6 @@ from cifar_baselines.features import (
     feature_dim,
     to_images,
 )
-from cifar_baselines.params import SCHEMA, ParamsError, defaults, validate
 
 
 def _rows(n_images: int, seed: int = 0) -> np.ndarray:
@@ -209,23 +208,3 @@ def test_progress_is_called_once_per_chunk() -> None:
 def test_bad_input_is_named(rows: np.ndarray, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_features(rows, **options)
-
-
-def test_params_offer_exactly_the_implemented_kinds() -> None:
-    assert SCHEMA["features"]["kind"].choices == KINDS
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("kind", "hog+raw", r"'features.kind' must be one of raw, hog"),
-        ("hog_pixels_per_cell", 0, r"'features.hog_pixels_per_cell' must be > 0"),
-        ("color_bins", 2.5, r"'features.color_bins' must be an integer"),
-    ],
-)
-def test_features_params_are_checked(key: str, value: object, message: str) -> None:
-    params = defaults()
-    params["features"][key] = value
-
-    with pytest.raises(ParamsError, match=message):
-        validate(params)

@@ -11,6 +11,10 @@ here takes test data: the test split cannot influence a choice made here.
 * :func:`mlp_cv` scores every point of a grid of MLP settings with a training
   function supplied by the caller.
 
+The DVC pipeline does not call this module yet (no ``cv`` params section, and
+``knn_sweep`` and ``mlp_train`` choose on the fixed split); until it does,
+``bench/features.py`` is its only caller besides the tests.
+
 Choices: :func:`choose_k` takes the k of highest mean accuracy over the folds,
 the smallest such k on a tie; :func:`mlp_cv` takes the grid point of highest
 mean accuracy, the first in grid order on a tie.  Means are unweighted over

@@ -6,7 +6,12 @@ stored row by row.  :func:`compute_features` turns such rows into one float32
 descriptor row per image, in the same row order, spreading chunks of images
 over a pool of processes.
 
-Descriptor kinds (the ``features.kind`` params key):
+The DVC pipeline does not use this module yet: no ``features`` stage exists
+and the classifiers read raw pixels.  Until that stage is written (with its
+``features`` params section), the descriptors are computed and compared by
+``bench/features.py`` only.
+
+Descriptor kinds:
 
 ``raw``
     The pixels themselves as float32, values 0 to 255, 3072 columns.
@@ -47,7 +52,7 @@ N_CHANNELS = 3
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 ROW_LENGTH = N_CHANNELS * N_PIXELS
 
-# The values ``features.kind`` accepts, in the order the params reference lists.
+# The descriptor kinds, in the order the documentation lists them.
 KINDS: tuple[str, ...] = ("raw", "hog", "color_hist", "hog+color_hist")
 
 
