@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/mlp.py
+	$(BIN)/python bench/features.py
 
 clean-venv:
 	rm -rf $(VENV)
