@@ -14,6 +14,7 @@ kept; the test split is not read.  Writes
 - ``results/mlp.png``: accuracy and loss per epoch, training and validation.
 """
 
+import textwrap
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def _plot(history: mlp.History, title: str) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend()
     acc_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    fig.suptitle(title, fontsize="medium")
+    fig.suptitle(textwrap.fill(title, width=100), fontsize="medium")
     return fig
 
 
