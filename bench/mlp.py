@@ -23,16 +23,21 @@ once on the test split.  Parts:
     The tutorial's experiment through :func:`mlp.run_mlp_training`: 64 sigmoid
     units, N(0, 1) weights, unscaled pixels, 100 full-batch steps at learning
     rate 0.1, on the training part (no hold-out), trained once.
-``epoch``
-    Seconds per epoch of the default and of the stronger configuration against
-    the seconds of that epoch's matrix products alone: after every epoch the
-    callback runs the same products on arrays of the same shapes (every batch's
-    forward and backward products, and the forward products of the validation
-    rows) and times them, so both see the same load.  The first epoch, which
-    includes the set-up, is left out.
+``steps``
+    Training steps of the default and of the stronger configuration against
+    the matrix products of the same steps alone (every batch's forward and
+    backward products, on arrays of the same shapes, a fresh slice of rows
+    at every step as in training).  Each round times one segment of
+    :data:`SEGMENT_STEPS` steps of ``train_mlp`` (drawing, flipping and
+    scaling the batches, the products, the element-wise work and the
+    momentum updates) and then the products alone, the order alternating:
+    segments of a fraction of a second keep the two under the same load
+    when other jobs come and go, which whole epochs timed in turn did not.
+    The ratio is that of an epoch without its validation pass (whose
+    products are forward products of the same shapes).
 
     python bench/mlp.py                        # all parts
-    python bench/mlp.py --parts epoch --repeats 5 --json out.json
+    python bench/mlp.py --parts steps --segments 50 --json out.json
 """
 
 from __future__ import annotations
@@ -40,11 +45,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +64,9 @@ from _common import machine, print_machine, report, time_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_PREPARED = Path("/tmp/devdata/prepared")
-PARTS = ("sklearn", "strong", "epoch", "tutorial")
+PARTS = ("sklearn", "strong", "steps", "tutorial")
 SKLEARN_EPOCHS = 10
+SEGMENT_STEPS = 40  # training steps per timed segment in the steps part
 
 DEFAULT = defaults()["mlp"]
 # The stronger configuration; README.md gives it as a `dvc exp run -S` command.
@@ -71,9 +75,9 @@ STRONG = DEFAULT | {
     "activation": "relu",
     "init": "he",
     "pca_components": 512,
-    "batch_size": 256,
+    "batch_size": 512,
     "epochs": 30,
-    "learning_rate": 0.02,
+    "learning_rate": 0.04,
     "weight_decay": 0.005,
 }
 
@@ -178,72 +182,83 @@ def part_tutorial(data: dict[str, np.ndarray]) -> dict[str, object]:
     }
 
 
-def bare_epoch(
-    n_train: int, n_val: int, d_in: int, d_h: int, batch_size: int
-) -> Callable[[], None]:
-    """A function running one epoch's matrix products on arrays of these shapes."""
-    rng = np.random.default_rng(0)
-    size = batch_size or n_train
-    x = rng.standard_normal((size, d_in), dtype=np.float32)
-    w1 = rng.standard_normal((d_in, d_h), dtype=np.float32)
-    w2 = rng.standard_normal((d_h, mlp.N_CLASSES), dtype=np.float32)
-    val = rng.standard_normal((min(n_val, mlp.EVAL_ROWS), d_in), dtype=np.float32)
-    batches = [min(size, n_train - s) for s in range(0, n_train, size)]
-    val_chunks = [min(len(val), n_val - s) for s in range(0, n_val, len(val))]
+def bare_steps(x: np.ndarray, w1: np.ndarray, w2: np.ndarray, batch: int) -> None:
+    """The matrix products of training steps on the rows of ``x``, batch by batch.
 
-    def run() -> None:
-        for b in batches:
-            xb = x[:b]
-            a1 = xb @ w1
-            dz2 = a1 @ w2
-            _ = a1.T @ dz2
-            dz1 = dz2 @ w2.T
-            _ = xb.T @ dz1
-        for b in val_chunks:
-            _ = (val[:b] @ w1) @ w2
-
-    return run
+    ``x`` (n_rows, d_in) is cut into batches as training cuts its rows, so the
+    products read fresh rows from memory at every step, as training does.
+    """
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch]
+        a1 = xb @ w1  # forward
+        dz2 = a1 @ w2
+        _ = a1.T @ dz2  # backward
+        dz1 = dz2 @ w2.T
+        _ = xb.T @ dz1
 
 
-def part_epoch(
-    data: dict[str, np.ndarray], config: dict[str, object], epochs: int
+def part_steps(
+    data: dict[str, np.ndarray], config: dict[str, object], rounds: int
 ) -> dict[str, object]:
-    n = len(data["train_labels"])
-    n_val = len(
-        mlp.split_validation(n, config["validation_fraction"], config["seed"])[1]
-    )
-    d_in = config["pca_components"] or data["train_images"].shape[1]
-    bare = bare_epoch(
-        n - n_val, n_val, d_in, config["hidden_units"], config["batch_size"]
-    )
-    epoch_s: list[float] = []
-    bare_s: list[float] = []
-    last = [time.perf_counter()]
+    """Training steps against their matrix products, in alternating segments.
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        epoch_s.append(time.perf_counter() - last[0])
-        start = time.perf_counter()
-        bare()
-        bare_s.append(time.perf_counter() - start)
-        last[0] = time.perf_counter()
+    Round r takes segment r mod k of k segments of rows (k as many as the
+    training split holds), for both peers, so that neither reads rows still
+    in the cache from the round before.
+    """
+    rng = np.random.default_rng(0)
+    batch, d_h = config["batch_size"], config["hidden_units"]
+    n_rows = batch * SEGMENT_STEPS
+    k = len(data["train_labels"]) // n_rows
+    labels = data["train_labels"][: k * n_rows]
+    if config["pca_components"]:
+        # Projected rows are float32; their values do not change the timing.
+        shape = (k * n_rows, config["pca_components"])
+        rows = rng.standard_normal(shape, dtype=np.float32)
+        flipped = rng.standard_normal(shape, dtype=np.float32)
+    else:
+        rows = data["train_images"][: k * n_rows]  # uint8, scaled batch by batch
+        shift, scale = mlp.fit_scaling(rows, config["scaling"], mirrored=True)
+        flipped = None
+    d_in = rows.shape[1]
+    weights = mlp.init_weights(d_in, d_h, mlp.N_CLASSES, init=config["init"])
+    fresh = rng.standard_normal((k * n_rows, d_in), dtype=np.float32)
+    turn = {"training": 0, "products": 0}
 
-    run = config | {"epochs": epochs}
-    mlp.fit_mlp(data["train_images"], data["train_labels"], **run, on_epoch=on_epoch)
-    epoch_s, bare_s = epoch_s[1:], bare_s[1:]  # epoch 1 includes the set-up
-    ratios = [e / b for e, b in zip(epoch_s, bare_s, strict=True)]
-    median_epoch, median_bare = statistics.median(epoch_s), statistics.median(bare_s)
-    print(
-        f"  {config['hidden_units']} units, batch {config['batch_size']}: "
-        f"epoch {median_epoch:.2f} s, its matmuls {median_bare:.2f} s, ratio of "
-        f"medians {median_epoch / median_bare:.2f} (per epoch: "
-        f"{', '.join(f'{r:.2f}' for r in ratios)})"
+    def segment(peer: str) -> slice:
+        r = turn[peer] % k
+        turn[peer] += 1
+        return slice(r * n_rows, (r + 1) * n_rows)
+
+    def training() -> None:
+        part = segment("training")
+        if flipped is None:
+            inputs = {"input_shift": shift, "input_scale": scale}
+        else:
+            inputs = {"data_train_flipped": flipped[part]}
+        mlp.train_mlp(
+            *weights,
+            rows[part],
+            labels[part],
+            config["learning_rate"],
+            1,
+            activation=config["activation"],
+            batch_size=batch,
+            momentum=config["momentum"],
+            weight_decay=config["weight_decay"],
+            flip=config["flip"],
+            **inputs,
+        )
+
+    def products() -> None:
+        bare_steps(fresh[segment("products")], weights[0], weights[2], batch)
+
+    seconds = time_rounds({"training": training, "products": products}, rounds)
+    title = (
+        f"{d_h} units, {d_in} inputs, segments of {SEGMENT_STEPS} steps of "
+        f"{batch}: training against its matrix products, {rounds} rounds"
     )
-    return {
-        "epoch_s": epoch_s,
-        "matmul_s": bare_s,
-        "ratio_of_medians": median_epoch / median_bare,
-        "median_ratio": statistics.median(ratios),
-    }
+    return report(title, seconds, "products")
 
 
 def load(prepared: Path) -> dict[str, np.ndarray]:
@@ -262,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepared", type=Path, default=default_prepared())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--epochs",
+        "--segments",
         type=int,
-        default=5,
-        help="epochs per configuration in the epoch part (the first is left out)",
+        default=30,
+        help=f"rounds of {SEGMENT_STEPS} steps per configuration in the steps part",
     )
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated, from {PARTS}"
@@ -289,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         results["strong"] = part_strong(data)
     if "tutorial" in parts:
         results["tutorial"] = part_tutorial(data)
-    if "epoch" in parts:
-        print("\ntime per epoch against the same epoch's matrix products")
-        results["epoch"] = {
-            name: part_epoch(data, config, args.epochs)
+    if "steps" in parts:
+        results["steps"] = {
+            name: part_steps(data, config, args.segments)
             for name, config in (("default", DEFAULT), ("strong", STRONG))
         }
 

@@ -25,17 +25,19 @@ them, and ``tests/test_mlp.py`` checks them against central finite
 differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
-Known limit: with the default 64 hidden units an epoch takes about 2.3 times
-as long as its matrix products alone on an idle machine (``bench/mlp.py``;
-about 1.1 to 1.2 times with 1,024 units).  Timed step by step, an epoch of the
-64-unit network spends about 0.1 s drawing and flipping the uint8 rows of its
-batches, 0.15 to 0.2 s scaling them to float32, 0.06 to 0.15 s in the
-momentum and weight-decay updates and 0.1 s in the other element-wise work,
-against 0.3 s of products when nothing else runs.  These are passes over
-3,072-wide batches that do not shrink with the hidden layer; a 64-unit layer
-makes the products too thin to hide them.  The limit can go once an epoch of
-the default network is within 1.5 times its products (folding the scaling
-into the first layer's weights would save one of those passes per batch).
+Known limit: with the default 64 hidden units, training steps take 1.9 to 3.2
+times as long as their matrix products alone (``bench/mlp.py``, part
+``steps``, on a lightly loaded machine; 1.4 times for the stronger
+configuration's 1,024 units on 512 principal components).  Timed step by step
+on an idle machine, an epoch of the 64-unit network spends about 0.1 s
+drawing and flipping the uint8 rows of its batches, 0.12 to 0.15 s scaling
+them to float32, 0.06 to 0.09 s in the momentum and weight-decay updates and
+0.07 s in the other element-wise work, against 0.25 to 0.3 s of products.
+These are passes over 3,072-wide batches that do not shrink with the hidden
+layer, and a 64-unit layer makes the products too thin to hide them.  The
+limit can go once the default network's steps are within 1.5 times their
+products (folding the scaling into the first layer's weights would save one
+of those passes per batch).
 """
 
 from __future__ import annotations
