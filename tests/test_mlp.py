@@ -651,7 +651,10 @@ def test_backprop_doc_links_point_at_the_code_they_quote():
     assert len(links) >= 20
     for code, path, line in links:
         lines = (REPO / path).read_text(encoding="utf-8").splitlines()
-        assert code in lines[int(line) - 1], f"{path} line {line} lacks {code!r}"
+        assert code in lines[int(line) - 1], (
+            f"{path} line {line} lacks {code!r}; tools/update_doc_links.py re-points "
+            "the links after an edit"
+        )
     for test_id in re.findall(r"`(test_\w+)\[(\w+)-(\w+)\]`", doc):
         name, param, case = test_id
         assert name == "test_gradient_matches_central_differences"

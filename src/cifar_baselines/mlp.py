@@ -649,26 +649,41 @@ def mirror_images(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[:, :, :, ::-1]).reshape(rows.shape)
 
 
-def _draw(
+def _training_rows(
     data: np.ndarray,
-    rows: np.ndarray,
-    mirrored: np.ndarray | None,
     data_flipped: np.ndarray | None,
+    flip: bool,
+    scaling: tuple[np.ndarray, np.ndarray] | None,
 ) -> np.ndarray:
-    """Copy the rows of a batch, replacing those at ``mirrored`` by their mirror.
+    """The float32 rows that batches are drawn from, prepared once before training.
 
-    The mirror images come from ``data_flipped`` when given, else the image
-    rows (b, 3072) are mirrored in the copy.
+    Row ``i`` is ``data[i]``, scaled when ``scaling = (shift, scale)`` is
+    given.  With ``flip``, row ``n + i`` is its mirror image, taken from
+    ``data_flipped`` (prepared as ``data`` is) when given, else mirrored here
+    from the 3 x 32 x 32 image row.  Drawing a batch is then one gather from
+    this array, with no scaling or mirroring left to do at each step.
+
+    Returns
+    -------
+    ndarray of shape (n, d_in), or (2 n, d_in) with ``flip``; float32
+        ``data`` itself when it is float32 and nothing is to be done.
     """
-    x = data[rows]  # (b, d_in), in data's dtype
-    if mirrored is None:
-        return x
-    if data_flipped is None:
-        images = x.reshape(-1, *IMAGE_SHAPE)  # (b, channel, y, x), a view
-        images[mirrored] = images[mirrored, :, :, ::-1]
-    else:
-        x[mirrored] = data_flipped[rows[mirrored]]
-    return x
+    n = len(data)
+    if not flip and scaling is None and data.dtype == np.float32:
+        return data
+    rows = np.empty((2 * n if flip else n, data.shape[1]), np.float32)
+    sources = [(data, rows[:n])]
+    if flip and data_flipped is not None:
+        sources.append((data_flipped, rows[n:]))
+    for source, target in sources:
+        if scaling is None:
+            np.copyto(target, source)
+        else:
+            apply_scaling(source, *scaling, out=target)
+    if flip and data_flipped is None:
+        images = rows.reshape(2, n, *IMAGE_SHAPE)  # (half, n, channel, y, x)
+        np.copyto(images[1], images[0, :, :, :, ::-1])
+    return rows
 
 
 def _evaluate(
@@ -772,10 +787,10 @@ def train_mlp(
         are 3 x 32 x 32 images, and mirrors the rows drawn in each batch.
     input_shift, input_scale : ndarray of shape (d_in,), optional
         Given together, ``data_train``, ``data_train_flipped`` and ``data_val``
-        hold raw rows of any real dtype (uint8 pixels, say), and each batch or
-        chunk is scaled to ``(x - input_shift) * input_scale`` in float32 as it
-        is drawn: uint8 training data then takes a quarter of the memory, and a
-        quarter of the memory traffic, of a float32 copy.
+        hold raw rows of any real dtype (uint8 pixels, say), scaled to
+        ``(x - input_shift) * input_scale`` in float32: the training rows once,
+        before the first epoch, the validation rows a chunk at a time when they
+        are scored.
     seed : int, default 0
         Seed of the batch order and of the flips (the ``TRAINING`` stream).
     data_val, labels_val : ndarray of shapes (n_val, d_in) and (n_val,), optional
@@ -800,6 +815,16 @@ def train_mlp(
     TrainingDivergedError
         When the loss or a weight becomes NaN or infinite; the message names
         the epoch.
+
+    Notes
+    -----
+    Before the first epoch the training rows are copied into one float32
+    array, scaled, followed by their mirror images when ``flip`` is on: (2
+    n_train, d_in), 1.2 GB for 48,600 CIFAR-10 images.  A step then draws its
+    batch with a single gather into a buffer that every step reuses.  Scaling
+    and mirroring uint8 rows batch by batch would take a quarter of that
+    memory, but for the 64-unit default it cost about as much time as the
+    step's matrix products (``bench/mlp.py``, steps part).
     """
     # Checks, then float32 copies that are updated in place.
     raw = input_shift is not None or input_scale is not None
@@ -854,21 +879,18 @@ def train_mlp(
         if not raw:
             data_val = data_val.astype(np.float32, copy=False)
     full_batch = batch_size == 0 or batch_size >= n_train
-    if raw and full_batch:  # every step reads all rows: scale them once
-        data_train = apply_scaling(data_train, *scaling)
-        if data_train_flipped is not None:
-            data_train_flipped = apply_scaling(data_train_flipped, *scaling)
-    elif not raw:
-        data_train = data_train.astype(np.float32, copy=False)
-        if data_train_flipped is not None:
-            data_train_flipped = data_train_flipped.astype(np.float32, copy=False)
-    batch_scaling = scaling if raw and not full_batch else None
+    size = n_train if full_batch else batch_size
+    # Scaling and mirroring are done once here, not at every step: each step
+    # then costs one gather besides its products (bench/mlp.py, steps part).
+    pool = _training_rows(data_train, data_train_flipped, flip, scaling)
+    batch = (
+        None if full_batch and not flip else np.empty((size, pool.shape[1]), np.float32)
+    )
     params = [np.array(p, dtype=np.float32) for p in (w1, b1, w2, b2)]
     velocity = [np.zeros_like(p) for p in params]
     best = [p.copy() for p in params]
     decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
 
-    size = n_train if full_batch else batch_size
     rng = np.random.default_rng([seed, TRAINING])
     history = History()
     best_accuracy = -1.0
@@ -882,13 +904,13 @@ def train_mlp(
             for start in range(0, n_train, size):
                 rows = order[start : start + size]
                 y = labels_train[rows]
-                if full_batch and not flip:
-                    x = data_train  # no copy
+                if batch is None:
+                    x = pool  # every row, in order: no copy
                 else:
-                    mirrored = rng.random(len(rows)) < 0.5 if flip else None
-                    x = _draw(data_train, rows, mirrored, data_train_flipped)
-                if batch_scaling is not None:
-                    x = apply_scaling(x, *batch_scaling)
+                    picks = rows
+                    if flip:  # each row's mirror image with probability 1/2
+                        picks = rows + n_train * (rng.random(len(rows)) < 0.5)
+                    x = np.take(pool, picks, axis=0, out=batch[: len(rows)])
 
                 # Gradients, then the momentum step in place; grads serve as
                 # scratch space once velocity has them.
@@ -1155,10 +1177,13 @@ def fit_pca(data: np.ndarray, components: int) -> np.ndarray:
 
 
 def apply_scaling(
-    images: np.ndarray, shift: np.ndarray, scale: np.ndarray
+    images: np.ndarray,
+    shift: np.ndarray,
+    scale: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Return ``(images - shift) * scale`` as a new float32 array (n, d_in)."""
-    out = np.subtract(images, shift, dtype=np.float32)
+    """Return ``(images - shift) * scale`` in float32 (n, d_in), in ``out`` if given."""
+    out = np.subtract(images, shift, dtype=np.float32, out=out)
     out *= scale
     return out
 
@@ -1307,13 +1332,12 @@ def fit_mlp(
 
     Notes
     -----
-    Memory: without PCA the training part is copied in the dtype of
-    ``images`` (0.15 GB for 48,600 uint8 CIFAR-10 images) and every batch is
-    scaled as it is drawn.  With ``pca_components`` it is scaled once into a
-    float32 array (0.6 GB) for the covariance and the projection, and with
-    ``flip`` a mirrored float32 copy exists while it is projected, so the
-    peak is about 1.2 GB besides ``images``; the projected rows take
-    ``pca_components / d_in`` of that.
+    Memory, besides ``images``: without PCA, :func:`train_mlp` holds the
+    training part scaled in float32, and with ``flip`` its mirror images too
+    (0.6 GB, or 1.2 GB with flips, for 48,600 CIFAR-10 images).  With
+    ``pca_components`` the scaled rows (0.6 GB) and, with ``flip``, their
+    mirror images exist while they are projected, a peak of about 1.2 GB;
+    the projected rows take ``pca_components / d_in`` of that.
     """
     images = np.asarray(images)
     if images.ndim != 2 or images.dtype.kind not in "fiu" or len(images) < 2:
