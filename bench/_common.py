@@ -8,11 +8,14 @@ their medians.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from threadpoolctl import threadpool_info
 
@@ -104,3 +107,38 @@ def print_machine(info: dict[str, object]) -> None:
             f"({pool['architecture']}), {pool['num_threads']} threads"
         )
     print(f"thread variables: {info['environment'] or 'none set'}")
+
+
+def finish(results: dict[str, object], json_path: Path | None) -> int:
+    """Note the load average at the end; write ``results`` to ``json_path`` if given.
+
+    Returns the exit status of the script: 0.
+    """
+    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"\nload average at the end: {results['load_average_after']}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def parse_parts(
+    parser: argparse.ArgumentParser, argv: list[str] | None, parts: Sequence[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    """Parse ``argv``; return the arguments and the parts that ``--parts`` names.
+
+    An unknown part ends the script with the parser's usage error.
+    """
+    args = parser.parse_args(argv)
+    chosen = args.parts.split(",")
+    unknown = set(chosen) - set(parts)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {tuple(parts)}")
+    return args, chosen
+
+
+def open_results(prepared: Path) -> dict[str, object]:
+    """Print where the data comes from and the machine; return the results so far."""
+    info = machine()
+    print(f"prepared: {prepared}")
+    print_machine(info)
+    return {"prepared": str(prepared), "machine": info}

@@ -34,7 +34,6 @@ turns, over ``--repeats`` rounds, and prints medians and their ratios:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -50,7 +49,7 @@ import numpy as np
 from cifar_baselines import knn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, print_machine, report, time_rounds
+from _common import finish, open_results, parse_parts, report, time_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_PREPARED = Path("/tmp/devdata/prepared")
@@ -372,20 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         help="use only the first N test images (a quick check; not for the "
         "memory and dvc parts, which run on the whole prepared folder)",
     )
-    args = parser.parse_args(argv)
-    parts = args.parts.split(",")
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    args, parts = parse_parts(parser, argv, PARTS)
 
     data = load(args.prepared)
     if args.test_rows:
         data["test"] = data["test"][: args.test_rows]
         data["test_labels"] = data["test_labels"][: args.test_rows]
-    info = machine()
-    print(f"prepared: {args.prepared}")
-    print_machine(info)
-    results: dict[str, object] = {"prepared": str(args.prepared), "machine": info}
+    results = open_results(args.prepared)
 
     with tempfile.TemporaryDirectory(prefix="bench-knn-", dir=args.workdir) as tmp:
         work = Path(tmp)
@@ -405,11 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             matrix.unlink(missing_ok=True)
             results["dvc"] = part_dvc(args.prepared, work, args.repeats)
 
-    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"\nload average at the end: {results['load_average_after']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

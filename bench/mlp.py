@@ -43,8 +43,6 @@ once on the test split.  Parts:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import warnings
@@ -60,7 +58,7 @@ from cifar_baselines import mlp
 from cifar_baselines.params import defaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, print_machine, report, time_rounds
+from _common import finish, open_results, parse_parts, report, time_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_PREPARED = Path("/tmp/devdata/prepared")
@@ -281,17 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         "--parts", default=",".join(PARTS), help=f"comma-separated, from {PARTS}"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
-    parts = args.parts.split(",")
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    args, parts = parse_parts(parser, argv, PARTS)
 
     data = load(args.prepared)
-    info = machine()
-    print(f"prepared: {args.prepared}")
-    print_machine(info)
-    results: dict[str, object] = {"prepared": str(args.prepared), "machine": info}
+    results = open_results(args.prepared)
 
     if "sklearn" in parts:
         results["sklearn"] = part_sklearn(data, args.repeats)
@@ -305,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, config in (("default", DEFAULT), ("strong", STRONG))
         }
 
-    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"\nload average at the end: {results['load_average_after']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":
