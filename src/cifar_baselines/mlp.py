@@ -650,40 +650,32 @@ def mirror_images(rows: np.ndarray) -> np.ndarray:
 
 
 def _training_rows(
-    data: np.ndarray,
-    data_flipped: np.ndarray | None,
-    flip: bool,
-    scaling: tuple[np.ndarray, np.ndarray] | None,
+    data: np.ndarray, data_flipped: np.ndarray | None, flip: bool
 ) -> np.ndarray:
-    """The float32 rows that batches are drawn from, prepared once before training.
+    """The rows that batches are drawn from: ``data``, then with ``flip`` its mirrors.
 
-    Row ``i`` is ``data[i]``, scaled when ``scaling = (shift, scale)`` is
-    given.  With ``flip``, row ``n + i`` is its mirror image, taken from
-    ``data_flipped`` (prepared as ``data`` is) when given, else mirrored here
-    from the 3 x 32 x 32 image row.  Drawing a batch is then one gather from
-    this array, with no scaling or mirroring left to do at each step.
+    Row ``n + i`` is the mirror image of row ``i``, taken from ``data_flipped``
+    when given, else mirrored here from the 3 x 32 x 32 image row, so that a
+    batch with some rows mirrored is drawn by one gather.  The rows keep their
+    dtype: uint8 pixels take a quarter of the memory of float32 ones.
 
     Returns
     -------
-    ndarray of shape (n, d_in), or (2 n, d_in) with ``flip``; float32
-        ``data`` itself when it is float32 and nothing is to be done.
+    ndarray of shape (n, d_in), ``data`` itself; with ``flip`` a new array of
+    shape (2 n, d_in).
     """
-    n = len(data)
-    if not flip and scaling is None and data.dtype == np.float32:
+    if not flip:
         return data
-    rows = np.empty((2 * n if flip else n, data.shape[1]), np.float32)
-    sources = [(data, rows[:n])]
-    if flip and data_flipped is not None:
-        sources.append((data_flipped, rows[n:]))
-    for source, target in sources:
-        if scaling is None:
-            np.copyto(target, source)
-        else:
-            apply_scaling(source, *scaling, out=target)
-    if flip and data_flipped is None:
-        images = rows.reshape(2, n, *IMAGE_SHAPE)  # (half, n, channel, y, x)
-        np.copyto(images[1], images[0, :, :, :, ::-1])
-    return rows
+    n = len(data)
+    dtype = data.dtype if data_flipped is None else np.result_type(data, data_flipped)
+    rows = np.empty((2, n, data.shape[1]), dtype)
+    rows[0] = data
+    if data_flipped is None:
+        images = data.reshape(n, *IMAGE_SHAPE)  # (n, channel, y, x), a view
+        rows[1].reshape(n, *IMAGE_SHAPE)[...] = images[:, :, :, ::-1]
+    else:
+        rows[1] = data_flipped
+    return rows.reshape(2 * n, data.shape[1])
 
 
 def _evaluate(
@@ -787,10 +779,9 @@ def train_mlp(
         are 3 x 32 x 32 images, and mirrors the rows drawn in each batch.
     input_shift, input_scale : ndarray of shape (d_in,), optional
         Given together, ``data_train``, ``data_train_flipped`` and ``data_val``
-        hold raw rows of any real dtype (uint8 pixels, say), scaled to
-        ``(x - input_shift) * input_scale`` in float32: the training rows once,
-        before the first epoch, the validation rows a chunk at a time when they
-        are scored.
+        hold raw rows of any real dtype (uint8 pixels, say), and each batch or
+        chunk is scaled to ``(x - input_shift) * input_scale`` in float32 as it
+        is drawn.
     seed : int, default 0
         Seed of the batch order and of the flips (the ``TRAINING`` stream).
     data_val, labels_val : ndarray of shapes (n_val, d_in) and (n_val,), optional
@@ -818,13 +809,14 @@ def train_mlp(
 
     Notes
     -----
-    Before the first epoch the training rows are copied into one float32
-    array, scaled, followed by their mirror images when ``flip`` is on: (2
-    n_train, d_in), 1.2 GB for 48,600 CIFAR-10 images.  A step then draws its
-    batch with a single gather into a buffer that every step reuses.  Scaling
-    and mirroring uint8 rows batch by batch would take a quarter of that
-    memory, but for the 64-unit default it cost about as much time as the
-    step's matrix products (``bench/mlp.py``, steps part).
+    With ``flip``, the training rows are followed, in one array of their own
+    dtype, by their mirror images before the first epoch (0.3 GB for 48,600
+    uint8 CIFAR-10 images), so that a step draws its batch, some rows
+    mirrored, with one gather.  The gathered rows are then converted to
+    float32 and scaled in place.  Both happen in two batch-sized buffers that
+    every step reuses: allocating a fresh 3 MB array per step, and mirroring
+    or scaling into new arrays, cost as much time as the products of the
+    64-unit default network (``bench/mlp.py``, epochs part).
     """
     # Checks, then float32 copies that are updated in place.
     raw = input_shift is not None or input_scale is not None
@@ -880,12 +872,16 @@ def train_mlp(
             data_val = data_val.astype(np.float32, copy=False)
     full_batch = batch_size == 0 or batch_size >= n_train
     size = n_train if full_batch else batch_size
-    # Scaling and mirroring are done once here, not at every step: each step
-    # then costs one gather besides its products (bench/mlp.py, steps part).
-    pool = _training_rows(data_train, data_train_flipped, flip, scaling)
-    batch = (
-        None if full_batch and not flip else np.empty((size, pool.shape[1]), np.float32)
-    )
+    pool = _training_rows(data_train, data_train_flipped, flip)
+    if full_batch and not flip:  # every step takes all rows in order: prepare once
+        everything = pool if scaling is None else apply_scaling(pool, *scaling)
+        everything = everything.astype(np.float32, copy=False)
+    else:
+        # Each step gathers its rows into `drawn`, then converts them to float32
+        # and scales them in place in `batch`; both buffers serve every step.
+        drawn = np.empty((size, pool.shape[1]), pool.dtype)
+        ready = scaling is None and pool.dtype == np.float32
+        batch = drawn if ready else np.empty(drawn.shape, np.float32)
     params = [np.array(p, dtype=np.float32) for p in (w1, b1, w2, b2)]
     velocity = [np.zeros_like(p) for p in params]
     best = [p.copy() for p in params]
@@ -904,13 +900,20 @@ def train_mlp(
             for start in range(0, n_train, size):
                 rows = order[start : start + size]
                 y = labels_train[rows]
-                if batch is None:
-                    x = pool  # every row, in order: no copy
+                if full_batch and not flip:
+                    x = everything
                 else:
                     picks = rows
                     if flip:  # each row's mirror image with probability 1/2
                         picks = rows + n_train * (rng.random(len(rows)) < 0.5)
-                    x = np.take(pool, picks, axis=0, out=batch[: len(rows)])
+                    m = len(rows)
+                    x = np.take(pool, picks, axis=0, out=drawn[:m])
+                    if not ready:
+                        x = batch[:m]
+                        np.copyto(x, drawn[:m])
+                        if scaling is not None:
+                            x -= scaling[0]
+                            x *= scaling[1]
 
                 # Gradients, then the momentum step in place; grads serve as
                 # scratch space once velocity has them.
@@ -1177,13 +1180,10 @@ def fit_pca(data: np.ndarray, components: int) -> np.ndarray:
 
 
 def apply_scaling(
-    images: np.ndarray,
-    shift: np.ndarray,
-    scale: np.ndarray,
-    out: np.ndarray | None = None,
+    images: np.ndarray, shift: np.ndarray, scale: np.ndarray
 ) -> np.ndarray:
-    """Return ``(images - shift) * scale`` in float32 (n, d_in), in ``out`` if given."""
-    out = np.subtract(images, shift, dtype=np.float32, out=out)
+    """Return ``(images - shift) * scale`` as a new float32 array (n, d_in)."""
+    out = np.subtract(images, shift, dtype=np.float32)
     out *= scale
     return out
 
@@ -1332,12 +1332,14 @@ def fit_mlp(
 
     Notes
     -----
-    Memory, besides ``images``: without PCA, :func:`train_mlp` holds the
-    training part scaled in float32, and with ``flip`` its mirror images too
-    (0.6 GB, or 1.2 GB with flips, for 48,600 CIFAR-10 images).  With
-    ``pca_components`` the scaled rows (0.6 GB) and, with ``flip``, their
-    mirror images exist while they are projected, a peak of about 1.2 GB;
-    the projected rows take ``pca_components / d_in`` of that.
+    Memory, besides ``images``: without PCA the training part is copied in
+    the dtype of ``images`` (0.15 GB for 48,600 uint8 CIFAR-10 images), and
+    :func:`train_mlp` keeps it with its mirror images when ``flip`` is on
+    (0.3 GB); batches are scaled as they are drawn.  With ``pca_components``
+    it is scaled once into a float32 array (0.6 GB) for the covariance and the
+    projection, and with ``flip`` a mirrored float32 copy exists while it is
+    projected, so the peak is about 1.2 GB; the projected rows take
+    ``pca_components / d_in`` of that.
     """
     images = np.asarray(images)
     if images.ndim != 2 or images.dtype.kind not in "fiu" or len(images) < 2:
