@@ -25,19 +25,23 @@ them, and ``tests/test_mlp.py`` checks them against central finite
 differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
-Known limit: with the default 64 hidden units, training steps take 1.9 to 3.2
-times as long as their matrix products alone (``bench/mlp.py``, part
-``steps``, on a lightly loaded machine; 1.4 times for the stronger
-configuration's 1,024 units on 512 principal components).  Timed step by step
-on an idle machine, an epoch of the 64-unit network spends about 0.1 s
-drawing and flipping the uint8 rows of its batches, 0.12 to 0.15 s scaling
-them to float32, 0.06 to 0.09 s in the momentum and weight-decay updates and
-0.07 s in the other element-wise work, against 0.25 to 0.3 s of products.
-These are passes over 3,072-wide batches that do not shrink with the hidden
-layer, and a 64-unit layer makes the products too thin to hide them.  The
-limit can go once the default network's steps are within 1.5 times their
-products (folding the scaling into the first layer's weights would save one
-of those passes per batch).
+Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
+network takes about 2.4 times as long as its matrix products alone
+(``bench/mlp.py``, part ``epochs``; 1.4 times for the stronger
+configuration's 1,024 units).  With one BLAS thread (``OPENBLAS_NUM_THREADS=1``)
+the ratio is 1.4 and the epoch itself is shorter than with two (0.71 s
+against 0.85 s): between two products, the idle BLAS thread keeps its core
+busy waiting for work and slows down this module's element-wise passes on
+the other (the momentum update took 0.27 ms a step with one thread and 0.94
+ms with two).  Those passes (drawing and flipping the uint8 rows of a batch,
+scaling them to float32, the updates) do not shrink with the hidden layer,
+and 64 units make the products too thin to hide them.  Measured and not
+kept, because whole trainings were no faster: scaling all rows to float32
+once (1.2 GB with flips, seconds of page faults to allocate), keeping
+mirrored uint8 copies with batch buffers reused across steps, and folding
+the scaling into the first layer's weights (under 3 % of an epoch saved).
+The limit can go once an epoch of the default network is within 1.5 times
+its products on 2 BLAS threads.
 """
 
 from __future__ import annotations
@@ -649,33 +653,26 @@ def mirror_images(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[:, :, :, ::-1]).reshape(rows.shape)
 
 
-def _training_rows(
-    data: np.ndarray, data_flipped: np.ndarray | None, flip: bool
+def _draw(
+    data: np.ndarray,
+    rows: np.ndarray,
+    mirrored: np.ndarray | None,
+    data_flipped: np.ndarray | None,
 ) -> np.ndarray:
-    """The rows that batches are drawn from: ``data``, then with ``flip`` its mirrors.
+    """Copy the rows of a batch, replacing those at ``mirrored`` by their mirror.
 
-    Row ``n + i`` is the mirror image of row ``i``, taken from ``data_flipped``
-    when given, else mirrored here from the 3 x 32 x 32 image row, so that a
-    batch with some rows mirrored is drawn by one gather.  The rows keep their
-    dtype: uint8 pixels take a quarter of the memory of float32 ones.
-
-    Returns
-    -------
-    ndarray of shape (n, d_in), ``data`` itself; with ``flip`` a new array of
-    shape (2 n, d_in).
+    The mirror images come from ``data_flipped`` when given, else the image
+    rows (b, 3072) are mirrored in the copy.
     """
-    if not flip:
-        return data
-    n = len(data)
-    dtype = data.dtype if data_flipped is None else np.result_type(data, data_flipped)
-    rows = np.empty((2, n, data.shape[1]), dtype)
-    rows[0] = data
+    x = data[rows]  # (b, d_in), in data's dtype
+    if mirrored is None:
+        return x
     if data_flipped is None:
-        images = data.reshape(n, *IMAGE_SHAPE)  # (n, channel, y, x), a view
-        rows[1].reshape(n, *IMAGE_SHAPE)[...] = images[:, :, :, ::-1]
+        images = x.reshape(-1, *IMAGE_SHAPE)  # (b, channel, y, x), a view
+        images[mirrored] = images[mirrored, :, :, ::-1]
     else:
-        rows[1] = data_flipped
-    return rows.reshape(2 * n, data.shape[1])
+        x[mirrored] = data_flipped[rows[mirrored]]
+    return x
 
 
 def _evaluate(
@@ -781,7 +778,8 @@ def train_mlp(
         Given together, ``data_train``, ``data_train_flipped`` and ``data_val``
         hold raw rows of any real dtype (uint8 pixels, say), and each batch or
         chunk is scaled to ``(x - input_shift) * input_scale`` in float32 as it
-        is drawn.
+        is drawn: uint8 training data then takes a quarter of the memory, and a
+        quarter of the memory traffic, of a float32 copy.
     seed : int, default 0
         Seed of the batch order and of the flips (the ``TRAINING`` stream).
     data_val, labels_val : ndarray of shapes (n_val, d_in) and (n_val,), optional
@@ -806,17 +804,6 @@ def train_mlp(
     TrainingDivergedError
         When the loss or a weight becomes NaN or infinite; the message names
         the epoch.
-
-    Notes
-    -----
-    With ``flip``, the training rows are followed, in one array of their own
-    dtype, by their mirror images before the first epoch (0.3 GB for 48,600
-    uint8 CIFAR-10 images), so that a step draws its batch, some rows
-    mirrored, with one gather.  The gathered rows are then converted to
-    float32 and scaled in place.  Both happen in two batch-sized buffers that
-    every step reuses: allocating a fresh 3 MB array per step, and mirroring
-    or scaling into new arrays, cost as much time as the products of the
-    64-unit default network (``bench/mlp.py``, epochs part).
     """
     # Checks, then float32 copies that are updated in place.
     raw = input_shift is not None or input_scale is not None
@@ -871,22 +858,21 @@ def train_mlp(
         if not raw:
             data_val = data_val.astype(np.float32, copy=False)
     full_batch = batch_size == 0 or batch_size >= n_train
-    size = n_train if full_batch else batch_size
-    pool = _training_rows(data_train, data_train_flipped, flip)
-    if full_batch and not flip:  # every step takes all rows in order: prepare once
-        everything = pool if scaling is None else apply_scaling(pool, *scaling)
-        everything = everything.astype(np.float32, copy=False)
-    else:
-        # Each step gathers its rows into `drawn`, then converts them to float32
-        # and scales them in place in `batch`; both buffers serve every step.
-        drawn = np.empty((size, pool.shape[1]), pool.dtype)
-        ready = scaling is None and pool.dtype == np.float32
-        batch = drawn if ready else np.empty(drawn.shape, np.float32)
+    if raw and full_batch:  # every step reads all rows: scale them once
+        data_train = apply_scaling(data_train, *scaling)
+        if data_train_flipped is not None:
+            data_train_flipped = apply_scaling(data_train_flipped, *scaling)
+    elif not raw:
+        data_train = data_train.astype(np.float32, copy=False)
+        if data_train_flipped is not None:
+            data_train_flipped = data_train_flipped.astype(np.float32, copy=False)
+    batch_scaling = scaling if raw and not full_batch else None
     params = [np.array(p, dtype=np.float32) for p in (w1, b1, w2, b2)]
     velocity = [np.zeros_like(p) for p in params]
     best = [p.copy() for p in params]
     decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
 
+    size = n_train if full_batch else batch_size
     rng = np.random.default_rng([seed, TRAINING])
     history = History()
     best_accuracy = -1.0
@@ -901,19 +887,12 @@ def train_mlp(
                 rows = order[start : start + size]
                 y = labels_train[rows]
                 if full_batch and not flip:
-                    x = everything
+                    x = data_train  # no copy
                 else:
-                    picks = rows
-                    if flip:  # each row's mirror image with probability 1/2
-                        picks = rows + n_train * (rng.random(len(rows)) < 0.5)
-                    m = len(rows)
-                    x = np.take(pool, picks, axis=0, out=drawn[:m])
-                    if not ready:
-                        x = batch[:m]
-                        np.copyto(x, drawn[:m])
-                        if scaling is not None:
-                            x -= scaling[0]
-                            x *= scaling[1]
+                    mirrored = rng.random(len(rows)) < 0.5 if flip else None
+                    x = _draw(data_train, rows, mirrored, data_train_flipped)
+                if batch_scaling is not None:
+                    x = apply_scaling(x, *batch_scaling)
 
                 # Gradients, then the momentum step in place; grads serve as
                 # scratch space once velocity has them.
@@ -1332,13 +1311,12 @@ def fit_mlp(
 
     Notes
     -----
-    Memory, besides ``images``: without PCA the training part is copied in
-    the dtype of ``images`` (0.15 GB for 48,600 uint8 CIFAR-10 images), and
-    :func:`train_mlp` keeps it with its mirror images when ``flip`` is on
-    (0.3 GB); batches are scaled as they are drawn.  With ``pca_components``
-    it is scaled once into a float32 array (0.6 GB) for the covariance and the
-    projection, and with ``flip`` a mirrored float32 copy exists while it is
-    projected, so the peak is about 1.2 GB; the projected rows take
+    Memory: without PCA the training part is copied in the dtype of
+    ``images`` (0.15 GB for 48,600 uint8 CIFAR-10 images) and every batch is
+    scaled as it is drawn.  With ``pca_components`` it is scaled once into a
+    float32 array (0.6 GB) for the covariance and the projection, and with
+    ``flip`` a mirrored float32 copy exists while it is projected, so the
+    peak is about 1.2 GB besides ``images``; the projected rows take
     ``pca_components / d_in`` of that.
     """
     images = np.asarray(images)
