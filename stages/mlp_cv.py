@@ -79,6 +79,12 @@ def main() -> None:
         )
 
     features, labels = mlp.load_inputs(FEATURES, LABELS)
+    if settings["pca_components"] > features.shape[1]:
+        raise PipelineError(
+            f"{PARAMS_FILE}: 'mlp.pca_components' is {settings['pca_components']}, "
+            f"more than the {features.shape[1]} values per image of {FEATURES} "
+            f"(features.kind {kind!r})"
+        )
     grid = {
         "hidden_units": options["mlp_hidden_units"],
         "learning_rate": options["mlp_learning_rates"],

@@ -124,6 +124,12 @@ def main() -> None:
         )
 
     images, labels = mlp.load_inputs(FEATURES, LABELS)
+    if params["pca_components"] > images.shape[1]:
+        raise PipelineError(
+            f"{PARAMS_FILE}: 'mlp.pca_components' is {params['pca_components']}, "
+            f"more than the {images.shape[1]} values per image of {FEATURES} "
+            f"(features.kind {kind!r})"
+        )
     pca = params["pca_components"]
     inputs = "pixels" if kind == "raw" else f"{kind} features"
     summary = (

@@ -267,3 +267,31 @@ def test_mlp_cv_needs_folds(workdir):
         "cv.folds to 2 or more, or cv.mlp to false"
     )
     assert not (workdir / "results").exists()
+
+
+def test_the_mlp_projects_descriptors_onto_principal_components(workdir):
+    set_params(workdir, mlp__pca_components=5)
+
+    run_ok(workdir, "mlp_cv", "mlp_train", "mlp_test")
+
+    # The projection is folded into the first layer: the model takes descriptors.
+    model = mlp.MLPModel.load(workdir / "data/mlp/model.npz")
+    assert model.w1.shape == (N_FEATURES, 8)
+    assert model.shift.dtype == np.float32 and model.shift.shape == (N_FEATURES,)
+
+
+@pytest.mark.parametrize("stage", ["mlp_train", "mlp_cv"])
+def test_more_components_than_descriptor_values_are_refused(workdir, stage):
+    set_params(workdir, mlp__pca_components=N_FEATURES + 1, cv__mlp=True)
+    (workdir / "results/mlp").mkdir(parents=True)
+    (workdir / "results/mlp/cv.json").write_text('{"cross_validated": false}\n')
+
+    done = run_stage(workdir, stage)
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"{stage}: error: params.yaml: 'mlp.pca_components' is {N_FEATURES + 1}, "
+        f"more than the {N_FEATURES} values per image of "
+        "data/features/train_features.npy (features.kind 'hog')"
+    )
+    assert not (workdir / "data/mlp").exists()
