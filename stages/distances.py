@@ -1,7 +1,8 @@
 """Stage distances: the L2 distance from every test image to every training image.
 
-Reads ``knn.chunk_mib`` and ``data/prepared/{test,train}_images.npy`` (uint8,
-memory-mapped); writes ``data/knn/distances.npy``, float32 of shape
+Reads ``knn.chunk_mib`` and ``data/features/{test,train}_features.npy``
+(memory-mapped: uint8 pixels for ``features.kind: raw``, float32 descriptors
+otherwise); writes ``data/knn/distances.npy``, float32 of shape
 (n_test, n_train), row i holding the distances from test image i.  No k is
 read here, so changing ``knn.k_values`` never recomputes the matrix.
 """
@@ -17,7 +18,7 @@ from cifar_baselines.stage import get_logger, progress, run
 
 STAGE = "distances"
 KEYS = ["knn.chunk_mib"]
-PREPARED = Path("data/prepared")
+FEATURES = Path("data/features")
 OUT = Path("data/knn/distances.npy")
 
 
@@ -25,9 +26,10 @@ def main() -> None:
     chunk_mib = load_params(KEYS)["knn"]["chunk_mib"]
     log = get_logger(STAGE)
 
-    test_path, train_path = PREPARED / "test_images.npy", PREPARED / "train_images.npy"
-    test = knn.open_npy(test_path, ndim=2, kinds="u")
-    train = knn.open_npy(train_path, ndim=2, kinds="u")
+    test_path = FEATURES / "test_features.npy"
+    train_path = FEATURES / "train_features.npy"
+    test = knn.open_npy(test_path, ndim=2, kinds="uf")
+    train = knn.open_npy(train_path, ndim=2, kinds="uf")
     if test.shape[1] != train.shape[1]:
         raise PipelineError(
             f"{test_path} has shape {test.shape} and {train_path} has shape "

@@ -1,7 +1,8 @@
 """Stage mlp_test: score the trained perceptron on the test split.
 
 Reads ``data/mlp/model.npz`` (which carries the input scaling and the
-activation, so no params key is read) and ``data/prepared/{test,train}_*.npy``;
+activation, so no params key is read), ``data/features/{test,train}_features.npy``
+(what the model was trained on) and ``data/prepared/{test,train}_labels.npy``;
 writes
 
 - ``results/mlp/metrics.json``: ``test_accuracy``, ``test_loss`` (mean
@@ -25,6 +26,7 @@ from cifar_baselines.stage import get_logger, run
 
 STAGE = "mlp_test"
 KEYS: list[str] = []
+FEATURES = Path("data/features")
 PREPARED = Path("data/prepared")
 MODEL = Path("data/mlp/model.npz")
 RESULTS = Path("results/mlp")
@@ -34,12 +36,16 @@ def main() -> None:
     log = get_logger(STAGE)
 
     model = mlp.MLPModel.load(MODEL)
-    test_images, test_labels = mlp.load_split(PREPARED, "test")
-    train_images, train_labels = mlp.load_split(PREPARED, "train")
+    test_images, test_labels = mlp.load_inputs(
+        FEATURES / "test_features.npy", PREPARED / "test_labels.npy"
+    )
+    train_images, train_labels = mlp.load_inputs(
+        FEATURES / "train_features.npy", PREPARED / "train_labels.npy"
+    )
     if test_images.shape[1] != model.w1.shape[0]:
         raise PipelineError(
-            f"{PREPARED / 'test_images.npy'} has {test_images.shape[1]} values per "
-            f"image but {MODEL} expects {model.w1.shape[0]}"
+            f"{FEATURES / 'test_features.npy'} has {test_images.shape[1]} values "
+            f"per image but {MODEL} expects {model.w1.shape[0]}"
         )
     val_rows = model.validation_rows
     if len(val_rows) and val_rows.max() >= len(train_images):

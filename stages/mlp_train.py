@@ -1,6 +1,12 @@
 """Stage mlp_train: train the one-hidden-layer perceptron on the training split.
 
-Reads every key of the ``mlp`` section and ``data/prepared/train_{images,labels}.npy``.
+Reads every key of the ``mlp`` section, ``features.kind``,
+``data/features/train_features.npy`` (the pixels or descriptors the
+``features`` stage wrote), ``data/prepared/train_labels.npy`` and
+``results/mlp/cv.json``: when stage ``mlp_cv`` cross-validated a grid
+(``cv.mlp: true``), the ``hidden_units`` and ``learning_rate`` it chose replace
+``mlp.hidden_units`` and ``mlp.learning_rate``.  ``mlp.flip`` needs
+``features.kind: raw`` (a descriptor row cannot be mirrored).
 ``mlp.validation_fraction`` of the training split is held out (seeded by
 ``mlp.seed``) for the learning curves and to choose the epoch whose weights are
 kept; the test split is not read.  Writes
@@ -14,6 +20,7 @@ kept; the test split is not read.  Writes
 - ``results/mlp.png``: accuracy and loss per epoch, training and validation.
 """
 
+import json
 import textwrap
 import time
 from pathlib import Path
@@ -23,7 +30,8 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from cifar_baselines import mlp
 from cifar_baselines.atomic import atomic_path, write_csv
-from cifar_baselines.params import load_params
+from cifar_baselines.errors import PipelineError
+from cifar_baselines.params import PARAMS_FILE, load_params
 from cifar_baselines.stage import get_logger, progress, run
 
 STAGE = "mlp_train"
@@ -42,8 +50,11 @@ KEYS = [
     "mlp.flip",
     "mlp.validation_fraction",
     "mlp.seed",
+    "features.kind",
 ]
-PREPARED = Path("data/prepared")
+FEATURES = Path("data/features/train_features.npy")
+LABELS = Path("data/prepared/train_labels.npy")
+CV = Path("results/mlp/cv.json")
 MODEL = Path("data/mlp/model.npz")
 HISTORY = Path("results/mlp/history.csv")
 FIGURE = Path("results/mlp.png")
@@ -70,19 +81,66 @@ def _plot(history: mlp.History, title: str) -> Figure:
     return fig
 
 
-def main() -> None:
-    params = load_params(KEYS)["mlp"]
-    log = get_logger(STAGE)
+def _cv_choice() -> dict[str, float] | None:
+    """``hidden_units`` and ``learning_rate`` chosen by ``mlp_cv``, if it ran."""
+    try:
+        report = json.loads(CV.read_text(encoding="utf-8"))
+        if not report["cross_validated"]:
+            return None
+        best = report["best"]
+        choice = {
+            "hidden_units": int(best["hidden_units"]),
+            "learning_rate": float(best["learning_rate"]),
+            "folds": int(report["folds"]),
+        }
+    except OSError as exc:
+        raise PipelineError(f"{CV}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{CV}: not a report of stage mlp_cv ({exc!r})") from None
+    return choice
 
-    images, labels = mlp.load_split(PREPARED, "train")
+
+def main() -> None:
+    loaded = load_params(KEYS)
+    params, kind = loaded["mlp"], loaded["features"]["kind"]
+    log = get_logger(STAGE)
+    if params["flip"] and kind != "raw":
+        raise PipelineError(
+            f"{PARAMS_FILE}: 'mlp.flip' is true but 'features.kind' is {kind!r}: "
+            "only raw pixel rows can be mirrored; set mlp.flip to false"
+        )
+
+    hidden_units, learning_rate = params["hidden_units"], params["learning_rate"]
+    chosen = ""
+    choice = _cv_choice()
+    if choice is not None:
+        hidden_units, learning_rate = choice["hidden_units"], choice["learning_rate"]
+        chosen = f"; units and lr chosen by {choice['folds']}-fold CV"
+        log.info(
+            "%s: hidden_units %d and learning_rate %g replace the mlp params",
+            CV,
+            hidden_units,
+            learning_rate,
+        )
+
+    images, labels = mlp.load_inputs(FEATURES, LABELS)
+    if params["pca_components"] > images.shape[1]:
+        raise PipelineError(
+            f"{PARAMS_FILE}: 'mlp.pca_components' is {params['pca_components']}, "
+            f"more than the {images.shape[1]} values per image of {FEATURES} "
+            f"(features.kind {kind!r})"
+        )
     pca = params["pca_components"]
+    inputs = "pixels" if kind == "raw" else f"{kind} features"
     summary = (
-        f"{params['hidden_units']} {params['activation']} hidden units, "
-        f"inputs: {params['scaling']}{f' + {pca} PCA components' if pca else ''}"
+        f"{hidden_units} {params['activation']} hidden units, "
+        f"inputs: {inputs}, {params['scaling']}"
+        f"{f' + {pca} PCA components' if pca else ''}"
         f"{' + flips' if params['flip'] else ''}, "
         f"batch {params['batch_size'] or 'full'}, {params['epochs']} epochs, "
-        f"lr {params['learning_rate']:g} ({params['schedule']}), "
+        f"lr {learning_rate:g} ({params['schedule']}), "
         f"momentum {params['momentum']:g}, weight decay {params['weight_decay']:g}"
+        f"{chosen}"
     )
     log.info("%d training images of %d values; %s", *images.shape, summary)
 
@@ -100,14 +158,14 @@ def main() -> None:
         model, history = mlp.fit_mlp(
             images,
             labels,
-            hidden_units=params["hidden_units"],
+            hidden_units=hidden_units,
             activation=params["activation"],
             init=params["init"],
             scaling=params["scaling"],
             pca_components=params["pca_components"],
             batch_size=params["batch_size"],
             epochs=params["epochs"],
-            learning_rate=params["learning_rate"],
+            learning_rate=learning_rate,
             momentum=params["momentum"],
             schedule=params["schedule"],
             weight_decay=params["weight_decay"],

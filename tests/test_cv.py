@@ -10,6 +10,7 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from cifar_baselines import cv, knn
+from cifar_baselines.params import ParamsError, defaults, validate
 
 
 def _blobs(n_per_class: int, n_classes: int = 3, n_features: int = 4, seed: int = 0):
@@ -302,4 +303,104 @@ def test_mlp_cv_refuses_a_result_that_is_not_an_accuracy() -> None:
         )
 
 
+class _Diverged(Exception):
+    pass
+
+
+def test_mlp_cv_skips_a_point_whose_training_fails() -> None:
+    features, labels = _blobs(6)
+    calls: list[tuple[int, float]] = []
+    progress: list[int] = []
+
+    def train_fn(x_fit, y_fit, x_val, y_val, *, units, lr):
+        calls.append((units, lr))
+        if (units, lr) == (8, 10.0) and calls.count((8, 10.0)) == 2:
+            raise _Diverged("loss is inf in epoch 1")  # on fold 1
+        return 0.9 if lr > 1 else 0.4 + units / 100
+
+    grid = {"units": [8, 16], "lr": [0.1, 10.0]}
+    result = cv.mlp_cv(
+        features,
+        labels,
+        grid,
+        n_folds=3,
+        seed=0,
+        train_fn=train_fn,
+        skip_errors=(_Diverged,),
+        progress=progress.append,
+    )
+    report = json.loads(json.dumps(result.to_dict()))
+
+    # (8, 10.0) fails on fold 1 and is not trained on fold 2; the best mean
+    # (0.9) is then (16, 10.0), not the point that failed after a 0.9.
+    assert calls.count((8, 10.0)) == 2
+    assert all(calls.count(p) == 3 for p in [(8, 0.1), (16, 0.1), (16, 10.0)])
+    assert sum(progress) == 3 * 4
+    assert result.best_point == {"units": 16, "lr": 10.0}
+    assert result.failures == (None, "fold 1: loss is inf in epoch 1", None, None)
+    assert np.isnan(result.mean[1]) and np.isnan(result.std[1])
+    assert report["grid"][1]["mean"] is None
+    assert report["grid"][1]["folds"][0] == pytest.approx(0.9)
+    assert report["grid"][1]["folds"][1:] == [None, None]
+    assert report["grid"][1]["failed"] == "fold 1: loss is inf in epoch 1"
+    assert report["grid"][2]["failed"] is None
+    assert report["grid"][2]["mean"] == pytest.approx(0.56)
+    assert report["best_mean_accuracy"] == pytest.approx(0.9)
+
+
+def test_mlp_cv_lets_other_errors_through_and_refuses_all_failed() -> None:
+    features, labels = _blobs(6)
+
+    def train_fn(x_fit, y_fit, x_val, y_val, *, units):
+        raise _Diverged(f"diverged with {units} units")
+
+    with pytest.raises(_Diverged, match="diverged with 8 units"):
+        cv.mlp_cv(features, labels, {"units": [8]}, 2, 0, train_fn)
+    with pytest.raises(
+        ValueError,
+        match=r"every grid point failed; \{'units': 8\}: fold 0: diverged with 8",
+    ):
+        cv.mlp_cv(
+            features,
+            labels,
+            {"units": [8, 9]},
+            2,
+            0,
+            train_fn,
+            skip_errors=(_Diverged,),
+        )
+
+
 # --- params -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("folds", 1, r"'cv.folds' must be 0 \(no cross-validation\) or at least 2"),
+        ("folds", -3, r"'cv.folds' must be 0"),
+        ("mlp_learning_rates", ["fast"], r"'cv.mlp_learning_rates' must be a list of"),
+        ("mlp_learning_rates", [0.1, True], r"must be a list of finite numbers"),
+        ("mlp_learning_rates", [0.1, float("nan")], r"must be a list of finite"),
+        ("mlp_learning_rates", [], r"'cv.mlp_learning_rates' must list at least"),
+        ("mlp_learning_rates", [0.1, 0.0], r"must hold only values > 0, got 0.0"),
+        ("mlp_hidden_units", [64, 64], r"'cv.mlp_hidden_units' must not repeat"),
+        ("mlp_hidden_units", [64.5], r"'cv.mlp_hidden_units' must be a list of int"),
+    ],
+)
+def test_cv_params_are_checked(key: str, value: object, message: str) -> None:
+    params = defaults()
+    params["cv"][key] = value
+
+    with pytest.raises(ParamsError, match=message):
+        validate(params)
+
+
+def test_a_float_list_accepts_integers_as_floats() -> None:
+    params = defaults()
+    params["cv"]["mlp_learning_rates"] = [1, 0.5]
+
+    clean = validate(params)
+
+    assert clean["cv"]["mlp_learning_rates"] == [1.0, 0.5]
+    assert all(type(v) is float for v in clean["cv"]["mlp_learning_rates"])

@@ -8,6 +8,7 @@ compared across branches, an experiment, and a cache shared through a remote.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -117,6 +118,18 @@ def test_experiment_run_and_show(tiny_project, pipeline_env):
     # so its kNN metrics equal the committed ones.
     knn = data["metrics"]["results/knn/metrics.json"]["data"]
     assert knn == json.loads((project / "results/knn/metrics.json").read_text())
+
+
+def test_a_descriptor_key_the_kind_does_not_use_reruns_features_alone(
+    tiny_project, pipeline_env
+):
+    project, env = tiny_project, pipeline_env
+    set_param(project, "features", "color_bins", 4)  # features.kind is raw
+
+    out = sh(project, env, "dvc", "repro")
+
+    # The stage writes the same bytes, so no stage after it runs again.
+    assert re.findall(r"Running stage '([^']+)'", out) == ["features"]
 
 
 def test_teammate_pulls_the_cache_and_has_nothing_to_run(

@@ -13,6 +13,7 @@ from cifar_baselines.features import (
     feature_dim,
     to_images,
 )
+from cifar_baselines.params import SCHEMA, ParamsError, defaults, validate
 
 
 def _rows(n_images: int, seed: int = 0) -> np.ndarray:
@@ -208,3 +209,30 @@ def test_progress_is_called_once_per_chunk() -> None:
 def test_bad_input_is_named(rows: np.ndarray, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_features(rows, **options)
+
+
+def test_hog_sizes_are_checked_only_for_a_kind_that_uses_hog() -> None:
+    assert feature_dim("color_hist", pixels_per_cell=64, cells_per_block=9) == 30
+    assert compute_features(_rows(2), kind="raw", cells_per_block=9).shape == (2, 3072)
+    with pytest.raises(ValueError, match=r"cells_per_block must be between 1 and"):
+        feature_dim("hog+color_hist", cells_per_block=9)
+
+
+def test_params_offer_exactly_the_implemented_kinds() -> None:
+    assert SCHEMA["features"]["kind"].choices == KINDS
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("kind", "hog+raw", r"'features.kind' must be one of raw, hog"),
+        ("hog_pixels_per_cell", 0, r"'features.hog_pixels_per_cell' must be > 0"),
+        ("color_bins", 2.5, r"'features.color_bins' must be an integer"),
+    ],
+)
+def test_features_params_are_checked(key: str, value: object, message: str) -> None:
+    params = defaults()
+    params["features"][key] = value
+
+    with pytest.raises(ParamsError, match=message):
+        validate(params)

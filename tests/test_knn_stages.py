@@ -1,4 +1,8 @@
-"""The distances and knn_sweep stages, run as scripts on a tiny prepared set."""
+"""The distances and knn_sweep stages, run as scripts on a tiny prepared set.
+
+Cross-validation is off here (``cv.folds: 0``, so ``knn_sweep`` chooses k on
+the test split); ``tests/test_cv_stages.py`` covers the choice by ``knn_cv``.
+"""
 
 from __future__ import annotations
 
@@ -31,11 +35,16 @@ def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
     )
 
 
-def set_k_values(workdir: Path, k_values: object) -> None:
+def set_param(workdir: Path, dotted: str, value: object) -> None:
     path = workdir / "params.yaml"
     params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    params["knn"]["k_values"] = k_values
+    section, _, key = dotted.partition(".")
+    params[section][key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def set_k_values(workdir: Path, k_values: object) -> None:
+    set_param(workdir, "knn.k_values", k_values)
 
 
 def leftovers(workdir: Path) -> list[Path]:
@@ -44,29 +53,38 @@ def leftovers(workdir: Path) -> list[Path]:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A folder with the repository's params.yaml and a tiny data/prepared."""
+    """The repository's params.yaml (CV off), a tiny data/prepared and the
+    data/features that ``features.kind: raw`` makes of it (the same files)."""
     (tmp_path / "params.yaml").write_text(
         (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
     set_k_values(tmp_path, K_VALUES)
+    set_param(tmp_path, "cv.folds", 0)
 
     rng = np.random.default_rng(0)
     prepared = tmp_path / "data" / "prepared"
+    features = tmp_path / "data" / "features"
     prepared.mkdir(parents=True)
+    features.mkdir(parents=True)
     for part, n in (("train", N_TRAIN), ("test", N_TEST)):
         images = rng.integers(0, 256, size=(n, N_FEATURES), dtype=np.uint8)
         labels = (np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
         np.save(prepared / f"{part}_images.npy", images)
+        np.save(features / f"{part}_features.npy", images)
         np.save(prepared / f"{part}_labels.npy", rng.permutation(labels))
     return tmp_path
 
 
 def load(workdir: Path, part: str, what: str) -> np.ndarray:
+    if what == "images":
+        return np.load(workdir / "data" / "features" / f"{part}_features.npy")
     return np.load(workdir / "data" / "prepared" / f"{part}_{what}.npy")
 
 
 def test_distances_then_sweep(workdir):
     done = run_stage(workdir, "distances")
+    assert done.returncode == 0, done.stderr
+    done = run_stage(workdir, "knn_cv")
     assert done.returncode == 0, done.stderr
 
     dists = np.load(workdir / "data" / "knn" / "distances.npy")
@@ -81,7 +99,8 @@ def test_distances_then_sweep(workdir):
     results = workdir / "results"
 
     metrics = json.loads((results / "knn" / "metrics.json").read_text())
-    assert set(metrics) == {"best_k", "best_accuracy", "accuracy"}
+    assert set(metrics) == {"best_k", "best_k_source", "best_accuracy", "accuracy"}
+    assert metrics["best_k_source"] == "test"
     assert list(metrics["accuracy"]) == ["1", "2", "3", "5"]
     expected = knn.sweep_k(
         dists,
@@ -132,13 +151,13 @@ def test_sweep_refuses_bad_k_values(workdir, k_values, message):
 
 
 def test_distances_names_a_missing_file_and_writes_nothing(workdir):
-    (workdir / "data" / "prepared" / "train_images.npy").unlink()
+    (workdir / "data" / "features" / "train_features.npy").unlink()
 
     done = run_stage(workdir, "distances")
 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "distances: error: data/prepared/train_images.npy: cannot read: "
+        "distances: error: data/features/train_features.npy: cannot read: "
         "No such file or directory"
     ]
     assert not (workdir / "data" / "knn" / "distances.npy").exists()
@@ -147,16 +166,16 @@ def test_distances_names_a_missing_file_and_writes_nothing(workdir):
 
 def test_distances_refuses_images_of_other_widths(workdir):
     np.save(
-        workdir / "data" / "prepared" / "test_images.npy",
-        np.zeros((N_TEST, 100), np.uint8),
+        workdir / "data" / "features" / "test_features.npy",
+        np.zeros((N_TEST, 100), np.float32),
     )
 
     done = run_stage(workdir, "distances")
 
     assert done.returncode == 1
     assert (
-        f"data/prepared/test_images.npy has shape ({N_TEST}, 100) and "
-        f"data/prepared/train_images.npy has shape ({N_TRAIN}, {N_FEATURES})"
+        f"data/features/test_features.npy has shape ({N_TEST}, 100) and "
+        f"data/features/train_features.npy has shape ({N_TRAIN}, {N_FEATURES})"
     ) in done.stderr
     assert not (workdir / "data" / "knn").exists()
 
@@ -173,3 +192,19 @@ def test_sweep_names_a_labels_file_that_does_not_match(workdir):
         "data/knn/distances.npy"
     ) in done.stderr
     assert not (workdir / "results").exists()
+
+
+def test_distances_of_float32_descriptors(workdir):
+    rng = np.random.default_rng(1)
+    parts = {}
+    for part, n in (("train", N_TRAIN), ("test", N_TEST)):
+        parts[part] = rng.random((n, 40), dtype=np.float32)
+        np.save(workdir / "data" / "features" / f"{part}_features.npy", parts[part])
+
+    done = run_stage(workdir, "distances")
+
+    assert done.returncode == 0, done.stderr
+    dists = np.load(workdir / "data" / "knn" / "distances.npy")
+    assert dists.dtype == np.float32 and dists.shape == (N_TEST, N_TRAIN)
+    expected = cdist(parts["test"].astype(np.float64), parts["train"])
+    np.testing.assert_allclose(dists, expected, rtol=1e-5)

@@ -1,4 +1,9 @@
-"""The mlp_train and mlp_test stages, run as scripts on a tiny prepared set."""
+"""The mlp_train and mlp_test stages, run as scripts on a tiny prepared set.
+
+The MLP grid search is off here (``results/mlp/cv.json`` says so, as stage
+``mlp_cv`` writes it with ``cv.mlp: false``); ``tests/test_cv_stages.py``
+covers the choice by ``mlp_cv``.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 120, 30
 EPOCHS = 3
 OUTPUTS = ("data/mlp", "results")
+CV_REPORT = Path("results/mlp/cv.json")  # an input of mlp_train
 
 
 def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
@@ -40,7 +46,9 @@ def set_mlp_params(workdir: Path, **values: object) -> None:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """The repository's params.yaml (a small network) and a tiny data/prepared."""
+    """The repository's params.yaml (a small network), a tiny data/prepared,
+    the data/features that ``features.kind: raw`` makes of it, and the report
+    of ``mlp_cv`` with the grid search off."""
     (tmp_path / "params.yaml").write_text(
         (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
@@ -48,12 +56,17 @@ def workdir(tmp_path: Path) -> Path:
 
     rng = np.random.default_rng(0)
     prepared = tmp_path / "data" / "prepared"
+    features = tmp_path / "data" / "features"
     prepared.mkdir(parents=True)
+    features.mkdir(parents=True)
     for part, n in (("train", N_TRAIN), ("test", N_TEST)):
         images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         labels = rng.permutation(np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
         np.save(prepared / f"{part}_images.npy", images)
+        np.save(features / f"{part}_features.npy", images)
         np.save(prepared / f"{part}_labels.npy", labels)
+    (tmp_path / CV_REPORT).parent.mkdir(parents=True)
+    (tmp_path / CV_REPORT).write_text('{"cross_validated": false}\n')
     return tmp_path
 
 
@@ -63,7 +76,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def written(workdir: Path) -> list[Path]:
-    return sorted(p for out in OUTPUTS for p in (workdir / out).rglob("*"))
+    inputs = {workdir / CV_REPORT, (workdir / CV_REPORT).parent}
+    return sorted(
+        p for out in OUTPUTS for p in (workdir / out).rglob("*") if p not in inputs
+    )
 
 
 def test_train_then_test(workdir):

@@ -56,10 +56,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The files the stages write and dvc.yaml draws.
 RESULT_FILES = (
+    "results/knn/cv.csv",
     "results/knn/accuracy.csv",
     "results/knn/confusion.csv",
     "results/mlp/history.csv",
     "results/mlp/confusion.csv",
+    "results/knn_cv.png",
     "results/knn.png",
     "results/mlp.png",
 )
@@ -305,6 +307,19 @@ def write_synthetic_results(project: Path, *, seed: int) -> None:
     (project / "results/knn/accuracy.csv").write_text(
         "k,accuracy\n" + "\n".join(rows) + "\n"
     )
+    folds = accuracy[:, None] + rng.normal(0, 0.004, (k.size, 5))
+    mean, std = folds.mean(axis=1), folds.std(axis=1, ddof=1)
+    rows = [
+        ",".join(f"{v:.4f}" for v in (m, s, m - s, m + s, *f))
+        for m, s, f in zip(mean, std, folds, strict=True)
+    ]
+    header = (
+        "k,mean,std,mean_minus_std,mean_plus_std,fold_1,fold_2,fold_3,fold_4,fold_5"
+    )
+    (project / "results/knn/cv.csv").write_text(
+        header + "\n" + "\n".join(f"{a},{r}" for a, r in zip(k, rows, strict=True))
+    )
+    matplotlib.image.imsave(project / "results/knn_cv.png", rng.random((48, 64, 3)))
 
     epochs = np.arange(1, 11)
     lines = ["epoch,train_loss,train_accuracy,val_loss,val_accuracy"]

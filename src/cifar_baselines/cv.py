@@ -11,9 +11,10 @@ here takes test data: the test split cannot influence a choice made here.
 * :func:`mlp_cv` scores every point of a grid of MLP settings with a training
   function supplied by the caller.
 
-The DVC pipeline does not call this module yet (no ``cv`` params section, and
-``knn_sweep`` and ``mlp_train`` choose on the fixed split); until it does,
-``bench/features.py`` is its only caller besides the tests.
+In the DVC pipeline the stage ``knn_cv`` calls :func:`knn_cv` and the stage
+``mlp_cv`` calls :func:`mlp_cv` when ``cv.folds`` (and for the MLP ``cv.mlp``)
+turn cross-validation on; ``knn_sweep`` and ``mlp_train`` then use their
+choice.  ``bench/features.py`` calls both too.
 
 Choices: :func:`choose_k` takes the k of highest mean accuracy over the folds,
 the smallest such k on a tie; :func:`mlp_cv` takes the grid point of highest
@@ -306,10 +307,18 @@ class GridCVResult:
         The grid points in grid order: the product of the value lists, the
         last name varying fastest.
     fold_accuracy : ndarray of shape (n_points, n_folds)
+        NaN where a point failed on that fold or was not trained on it any
+        more (see ``failures``).
     mean, std : ndarray of shape (n_points,)
-        Mean and sample standard deviation (ddof=1) over folds.
+        Mean and sample standard deviation (ddof=1) over folds; NaN for a
+        point that failed.
     best_index : int
-        Highest mean; the first in grid order on a tie.
+        Highest mean among the points that did not fail; the first in grid
+        order on a tie.
+    failures : tuple of (str or None)
+        One per point: the message of the error that stopped it (see
+        :func:`mlp_cv`'s ``skip_errors``), None for a point scored on every
+        fold.
     """
 
     points: tuple[dict[str, Any], ...]
@@ -317,6 +326,7 @@ class GridCVResult:
     mean: np.ndarray
     std: np.ndarray
     best_index: int
+    failures: tuple[str | None, ...] = ()
 
     @property
     def best_point(self) -> dict[str, Any]:
@@ -332,13 +342,19 @@ class GridCVResult:
             "grid": [
                 {
                     **point,
-                    "mean": float(self.mean[i]),
-                    "std": float(self.std[i]),
-                    "folds": [float(a) for a in self.fold_accuracy[i]],
+                    "mean": _number(self.mean[i]),
+                    "std": _number(self.std[i]),
+                    "folds": [_number(a) for a in self.fold_accuracy[i]],
+                    "failed": self.failures[i] if self.failures else None,
                 }
                 for i, point in enumerate(self.points)
             ],
         }
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON, with None for NaN (which JSON cannot write)."""
+    return None if np.isnan(value) else float(value)
 
 
 TrainFn = Callable[..., float]
@@ -369,6 +385,7 @@ def mlp_cv(
     seed: int,
     train_fn: TrainFn,
     *,
+    skip_errors: tuple[type[Exception], ...] = (),
     progress: ProgressHook | None = None,
 ) -> GridCVResult:
     """Score every point of a grid of settings on N stratified folds.
@@ -395,42 +412,67 @@ def mlp_cv(
         Seed of :func:`stratified_folds`.
     train_fn : callable
         See above.
+    skip_errors : tuple of exception types, default ()
+        Errors of these types raised by ``train_fn`` (a training run that
+        diverged, say) do not stop the search: the point is marked as failed
+        with the error's message, is not trained on the remaining folds, and
+        cannot be chosen.  Other errors propagate.
     progress : callable, optional
-        Called with 1 after each (fold, grid point) training run.
+        Called with 1 after each (fold, grid point) training run, and once
+        for each run skipped because its point failed, so the calls add up
+        to ``n_folds * n_points``.
 
     Returns
     -------
     result : GridCVResult
-        The chosen point is the one of highest mean accuracy, the first in
-        grid order on a tie.
+        The chosen point is the one of highest mean accuracy among the points
+        that did not fail, the first in grid order on a tie.
+
+    Raises
+    ------
+    ValueError
+        When every point failed (the message quotes the first failure).
     """
     features_train, labels_train = _check_train(features_train, labels_train)
     n_folds = _check_n_folds(n_folds)
     points = grid_points(grid)
     folds = stratified_folds(labels_train, n_folds, seed)
 
-    fold_accuracy = np.empty((len(points), n_folds), dtype=np.float64)
+    fold_accuracy = np.full((len(points), n_folds), np.nan, dtype=np.float64)
+    failures: list[str | None] = [None] * len(points)
     for f in range(n_folds):
         fit = folds != f
         val = ~fit
         x_fit, y_fit = features_train[fit], labels_train[fit]
         x_val, y_val = features_train[val], labels_train[val]
         for i, point in enumerate(points):
-            accuracy = float(train_fn(x_fit, y_fit, x_val, y_val, **point))
-            if not 0.0 <= accuracy <= 1.0:
-                raise ValueError(
-                    f"train_fn must return an accuracy in [0, 1], got {accuracy} "
-                    f"for {point} on fold {f}"
-                )
-            fold_accuracy[i, f] = accuracy
+            if failures[i] is None:
+                try:
+                    accuracy = float(train_fn(x_fit, y_fit, x_val, y_val, **point))
+                except skip_errors as exc:
+                    failures[i] = f"fold {f}: {exc}"
+                else:
+                    if not 0.0 <= accuracy <= 1.0:
+                        raise ValueError(
+                            f"train_fn must return an accuracy in [0, 1], got "
+                            f"{accuracy} for {point} on fold {f}"
+                        )
+                    fold_accuracy[i, f] = accuracy
             if progress is not None:
                 progress(1)
 
-    mean = fold_accuracy.mean(axis=1)
+    scored = [i for i, failure in enumerate(failures) if failure is None]
+    if not scored:
+        raise ValueError(f"every grid point failed; {points[0]}: {failures[0]}")
+    mean = np.full(len(points), np.nan)
+    std = np.full(len(points), np.nan)
+    mean[scored] = fold_accuracy[scored].mean(axis=1)
+    std[scored] = fold_accuracy[scored].std(axis=1, ddof=1)
     return GridCVResult(
         points=points,
         fold_accuracy=fold_accuracy,
         mean=mean,
-        std=fold_accuracy.std(axis=1, ddof=1),
-        best_index=int(np.argmax(mean)),  # the first maximum
+        std=std,
+        best_index=scored[int(np.argmax(mean[scored]))],  # the first maximum
+        failures=tuple(failures),
     )

@@ -6,10 +6,11 @@ stored row by row.  :func:`compute_features` turns such rows into one float32
 descriptor row per image, in the same row order, spreading chunks of images
 over a pool of processes.
 
-The DVC pipeline does not use this module yet: no ``features`` stage exists
-and the classifiers read raw pixels.  Until that stage is written (with its
-``features`` params section), the descriptors are computed and compared by
-``bench/features.py`` only.
+The stage ``features`` calls :func:`compute_features` for the descriptor
+kinds (the ``features.kind`` params key); for ``raw`` it copies the prepared
+uint8 files instead of converting them (see ``stages/features.py``).
+``bench/features.py`` times the kinds and compares what they buy the
+classifiers.
 
 Descriptor kinds:
 
@@ -52,7 +53,7 @@ N_CHANNELS = 3
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 ROW_LENGTH = N_CHANNELS * N_PIXELS
 
-# The descriptor kinds, in the order the documentation lists them.
+# The values ``features.kind`` accepts, in the order the params reference lists.
 KINDS: tuple[str, ...] = ("raw", "hog", "color_hist", "hog+color_hist")
 
 
@@ -110,13 +111,15 @@ def feature_dim(
     orientations`` with ``blocks = 32 // pixels_per_cell - cells_per_block +
     1`` blocks per side (324 with the defaults).  ``color_hist`` has ``3 *
     bins`` (30 with the defaults); a combination has the sum of its parts.
+    The cell and block sizes are checked only for a kind that uses HOG.
     """
     _check_options(kind, orientations, bins)
 
     dims = {"raw": ROW_LENGTH, "color_hist": N_CHANNELS * bins}
-    cells = _hog_cells(pixels_per_cell, cells_per_block)
-    blocks = cells - cells_per_block + 1
-    dims["hog"] = blocks**2 * cells_per_block**2 * orientations
+    if "hog" in kind.split("+"):
+        cells = _hog_cells(pixels_per_cell, cells_per_block)
+        blocks = cells - cells_per_block + 1
+        dims["hog"] = blocks**2 * cells_per_block**2 * orientations
     return sum(dims[part] for part in kind.split("+"))
 
 

@@ -1394,9 +1394,23 @@ def fit_mlp(
 def load_split(folder: str | os.PathLike, part: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``{part}_images.npy`` and ``{part}_labels.npy`` of a prepared folder.
 
+    See :func:`load_inputs`.
+    """
+    return load_inputs(
+        os.path.join(folder, f"{part}_images.npy"),
+        os.path.join(folder, f"{part}_labels.npy"),
+    )
+
+
+def load_inputs(
+    images_path: str | os.PathLike, labels_path: str | os.PathLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the inputs of one split (pixels or descriptors) and their labels.
+
     Returns
     -------
-    images : ndarray of shape (n, d_in), as stored (uint8 for pixels)
+    images : ndarray of shape (n, d_in), as stored (uint8 for pixels, float32
+        for descriptors)
     labels : ndarray of shape (n,), int64
 
     Raises
@@ -1405,8 +1419,7 @@ def load_split(folder: str | os.PathLike, part: str) -> tuple[np.ndarray, np.nda
         Naming the file that cannot be read or does not hold what is expected.
     """
     arrays = []
-    for what, ndim, kinds in (("images", 2, "fiu"), ("labels", 1, "iu")):
-        path = os.path.join(folder, f"{part}_{what}.npy")
+    for path, ndim, kinds in ((images_path, 2, "fiu"), (labels_path, 1, "iu")):
         try:
             array = np.load(path, allow_pickle=False)
         except OSError as exc:

@@ -31,7 +31,7 @@ class ParamsError(PipelineError):
 class Key:
     """One params key: its expected type, default value and meaning."""
 
-    kind: str  # "int", "float", "bool", "str", "choice", "int_list"
+    kind: str  # "int", "float", "bool", "str", "choice", "int_list", "float_list"
     default: Any
     help: str
     check: Callable[[Any], str | None] | None = None
@@ -57,6 +57,22 @@ def _unit_or_zero(value: Any) -> str | None:
 def _hex_md5(value: Any) -> str | None:
     ok = len(value) == 32 and all(c in "0123456789abcdef" for c in value.lower())
     return None if ok else f"must be 32 hexadecimal digits, got {value!r}"
+
+
+def _folds(value: Any) -> str | None:
+    if value == 0 or value >= 2:
+        return None
+    return f"must be 0 (no cross-validation) or at least 2, got {value!r}"
+
+
+def _positive_list(value: Any) -> str | None:
+    if not value:
+        return "must list at least one value"
+    if min(value) <= 0:
+        return f"must hold only values > 0, got {min(value)!r}"
+    if len(set(value)) != len(value):
+        return "must not repeat a value"
+    return None
 
 
 def _k_list(value: Any) -> str | None:
@@ -93,6 +109,43 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "seed": Key("int", 0, "Seed of the shuffled train/test split.", _non_negative),
         "stratify": Key("bool", False, "Keep class proportions equal in both splits."),
+    },
+    "features": {
+        "kind": Key(
+            "choice",
+            "raw",
+            "What both classifiers see (stage features): the raw pixels, copied "
+            "unchanged as uint8; HOG descriptors; HSV colour histograms; or HOG and "
+            "colour histograms side by side (descriptors are float32). Anything but "
+            "raw needs mlp.flip false.",
+            choices=("raw", "hog", "color_hist", "hog+color_hist"),
+        ),
+        "hog_orientations": Key(
+            "int",
+            9,
+            "HOG (kinds hog, hog+color_hist): orientation bins per cell.",
+            _positive,
+        ),
+        "hog_pixels_per_cell": Key(
+            "int",
+            8,
+            "HOG: side of a square cell, in pixels (at most 32).",
+            _positive,
+        ),
+        "hog_cells_per_block": Key(
+            "int",
+            2,
+            "HOG: side of a square normalisation block, in cells (at most the "
+            "cells per image side, 32 // hog_pixels_per_cell).",
+            _positive,
+        ),
+        "color_bins": Key(
+            "int",
+            10,
+            "Colour histogram (kinds color_hist, hog+color_hist): bins for each of "
+            "hue, saturation and value.",
+            _positive,
+        ),
     },
     "knn": {
         "k_values": Key(
@@ -192,6 +245,42 @@ SCHEMA: dict[str, dict[str, Key]] = {
             _non_negative,
         ),
     },
+    "cv": {
+        "folds": Key(
+            "int",
+            5,
+            "Stratified folds of the training split on which k is chosen (stage "
+            "knn_cv) before the one evaluation of that k on the test split; 0 "
+            "turns cross-validation off, and knn_sweep then reports the k best on "
+            "the test split itself, as the tutorial does. 5 folds cost one more "
+            "pass of kNN over the training split: on raw pixels (54,000 images, 2 "
+            "cores) 121 to 232 s in the runs measured, with other jobs sharing "
+            "the machine; on HOG descriptors about 20 s.",
+            _folds,
+        ),
+        "seed": Key("int", 0, "Seed of the fold assignment.", _non_negative),
+        "mlp": Key(
+            "bool",
+            False,
+            "Also choose mlp.hidden_units and mlp.learning_rate by cross-validation "
+            "(stage mlp_cv) over the grid below, with the other mlp keys as set; "
+            "needs folds > 0. Off by default: it trains the MLP folds x grid "
+            "points times (20 with the defaults). When off, mlp_train uses "
+            "mlp.hidden_units and mlp.learning_rate as set.",
+        ),
+        "mlp_hidden_units": Key(
+            "int_list",
+            [256, 512],
+            "MLP grid (with cv.mlp): hidden-layer widths tried.",
+            _positive_list,
+        ),
+        "mlp_learning_rates": Key(
+            "float_list",
+            [0.02, 0.05],
+            "MLP grid (with cv.mlp): learning rates tried.",
+            _positive_list,
+        ),
+    },
 }
 
 
@@ -224,6 +313,12 @@ def _type_error(key: Key, value: Any) -> str | None:
             isinstance(v, int) and not isinstance(v, bool) for v in value
         )
         expected = "a list of integers"
+    elif kind == "float_list":
+        ok = isinstance(value, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+        expected = "a list of finite numbers"
     else:  # pragma: no cover - a schema error, not a user error
         raise AssertionError(f"unknown kind {kind!r}")
     if ok:
@@ -267,6 +362,8 @@ def validate(raw: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, Any]]:
                 raise ParamsError(f"{source}: '{path}' {problem}")
             if key.kind == "float":
                 value = float(value)
+            elif key.kind == "float_list":
+                value = [float(v) for v in value]
             clean[section][name] = value
     return clean
 
