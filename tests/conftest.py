@@ -40,6 +40,26 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 N_PER_BATCH = 50
 
+
+def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
+    """Run ``stages/<name>.py`` in ``workdir`` with this interpreter."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py")],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+
+
+def set_params(workdir: Path, **sections: dict[str, Any]) -> None:
+    """Set keys in ``workdir/params.yaml``: ``set_params(d, mlp={"epochs": 3})``."""
+    path = workdir / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
 
 

@@ -6,18 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO, run_stage, set_params
 
 from cifar_baselines import cv, knn, mlp
 from cifar_baselines.read_cifar import CLASS_NAMES
 
-REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, N_FEATURES = 60, 14, 12
 K_VALUES = [1, 2, 3, 5, 7]
 FOLDS = 3
@@ -28,29 +26,10 @@ TEST_FILES = (
 )
 
 
-def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{name}.py")],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-
-
 def run_ok(workdir: Path, *names: str) -> None:
     for name in names:
         done = run_stage(workdir, name)
         assert done.returncode == 0, f"{name}:\n{done.stderr}"
-
-
-def set_params(workdir: Path, **values: object) -> None:
-    """Set ``section__key=value`` params."""
-    path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for dotted, value in values.items():
-        section, _, key = dotted.partition("__")
-        params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
 @pytest.fixture
@@ -63,13 +42,10 @@ def workdir(tmp_path: Path) -> Path:
     )
     set_params(
         tmp_path,
-        features__kind="hog",
-        knn__k_values=K_VALUES,
-        cv__folds=FOLDS,
-        mlp__flip=False,
-        mlp__hidden_units=8,
-        mlp__epochs=3,
-        mlp__batch_size=16,
+        features={"kind": "hog"},
+        knn={"k_values": K_VALUES},
+        cv={"folds": FOLDS},
+        mlp={"flip": False, "hidden_units": 8, "epochs": 3, "batch_size": 16},
     )
 
     rng = np.random.default_rng(0)
@@ -142,7 +118,7 @@ def test_knn_cv_result_and_its_choice_in_knn_sweep(workdir):
 
 
 def test_knn_cv_off_leaves_the_choice_to_the_test_split(workdir):
-    set_params(workdir, cv__folds=0)
+    set_params(workdir, cv={"folds": 0})
 
     run_ok(workdir, "knn_cv", "distances", "knn_sweep")
 
@@ -157,7 +133,7 @@ def test_knn_cv_off_leaves_the_choice_to_the_test_split(workdir):
 
 def test_knn_sweep_refuses_a_cv_report_for_other_k_values(workdir):
     run_ok(workdir, "knn_cv", "distances")
-    set_params(workdir, knn__k_values=[1, 2])
+    set_params(workdir, knn={"k_values": [1, 2]})
 
     done = run_stage(workdir, "knn_sweep")
 
@@ -178,7 +154,8 @@ def test_the_cv_stages_never_read_the_test_split(workdir):
     for name in TEST_FILES:
         (workdir / name).unlink()
     set_params(
-        workdir, cv__mlp=True, cv__mlp_hidden_units=[4], cv__mlp_learning_rates=[0.05]
+        workdir,
+        cv={"mlp": True, "mlp_hidden_units": [4], "mlp_learning_rates": [0.05]},
     )
     run_ok(workdir, "knn_cv", "mlp_cv")
 
@@ -189,11 +166,12 @@ def test_the_cv_stages_never_read_the_test_split(workdir):
 def test_mlp_cv_skips_diverged_points_and_mlp_train_uses_its_choice(workdir):
     set_params(
         workdir,
-        cv__mlp=True,
-        cv__mlp_hidden_units=[4, 6],
-        cv__mlp_learning_rates=[0.05, 1e12],
-        mlp__activation="relu",
-        mlp__init="normal",
+        cv={
+            "mlp": True,
+            "mlp_hidden_units": [4, 6],
+            "mlp_learning_rates": [0.05, 1e12],
+        },
+        mlp={"activation": "relu", "init": "normal"},
     )
 
     run_ok(workdir, "mlp_cv")
@@ -232,7 +210,7 @@ def test_mlp_cv_skips_diverged_points_and_mlp_train_uses_its_choice(workdir):
 def test_mlp_cv_off_writes_the_same_report_whatever_the_params(workdir):
     run_ok(workdir, "mlp_cv")
     first = (workdir / "results/mlp/cv.json").read_bytes()
-    set_params(workdir, cv__folds=0, mlp__epochs=7, cv__mlp_hidden_units=[3])
+    set_params(workdir, cv={"folds": 0, "mlp_hidden_units": [3]}, mlp={"epochs": 7})
     run_ok(workdir, "mlp_cv")
 
     assert (workdir / "results/mlp/cv.json").read_bytes() == first
@@ -241,7 +219,7 @@ def test_mlp_cv_off_writes_the_same_report_whatever_the_params(workdir):
 
 @pytest.mark.parametrize("stage", ["mlp_train", "mlp_cv"])
 def test_flips_are_refused_on_descriptors(workdir, stage):
-    set_params(workdir, mlp__flip=True, cv__mlp=True)
+    set_params(workdir, mlp={"flip": True}, cv={"mlp": True})
     (workdir / "results/mlp").mkdir(parents=True)
     (workdir / "results/mlp/cv.json").write_text('{"cross_validated": false}\n')
 
@@ -257,7 +235,7 @@ def test_flips_are_refused_on_descriptors(workdir, stage):
 
 
 def test_mlp_cv_needs_folds(workdir):
-    set_params(workdir, cv__mlp=True, cv__folds=0)
+    set_params(workdir, cv={"mlp": True, "folds": 0})
 
     done = run_stage(workdir, "mlp_cv")
 
@@ -270,7 +248,7 @@ def test_mlp_cv_needs_folds(workdir):
 
 
 def test_the_mlp_projects_descriptors_onto_principal_components(workdir):
-    set_params(workdir, mlp__pca_components=5)
+    set_params(workdir, mlp={"pca_components": 5})
 
     run_ok(workdir, "mlp_cv", "mlp_train", "mlp_test")
 
@@ -282,7 +260,7 @@ def test_the_mlp_projects_descriptors_onto_principal_components(workdir):
 
 @pytest.mark.parametrize("stage", ["mlp_train", "mlp_cv"])
 def test_more_components_than_descriptor_values_are_refused(workdir, stage):
-    set_params(workdir, mlp__pca_components=N_FEATURES + 1, cv__mlp=True)
+    set_params(workdir, mlp={"pca_components": N_FEATURES + 1}, cv={"mlp": True})
     (workdir / "results/mlp").mkdir(parents=True)
     (workdir / "results/mlp/cv.json").write_text('{"cross_validated": false}\n')
 

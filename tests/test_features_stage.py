@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO, run_stage, set_params
 
 from cifar_baselines import features
 
-REPO = Path(__file__).resolve().parents[1]
 SIZES = {"train": 24, "test": 7}
 OUT = Path("data/features")
-
-
-def run_stage(workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / "features.py")],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-
-
-def set_features(workdir: Path, **values: object) -> None:
-    path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    params["features"].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
 @pytest.fixture
@@ -58,7 +40,7 @@ def described(workdir: Path, part: str) -> Path:
 
 
 def test_raw_copies_the_prepared_files_byte_for_byte(workdir):
-    done = run_stage(workdir)
+    done = run_stage(workdir, "features")
 
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (workdir / OUT).iterdir()) == [
@@ -86,9 +68,9 @@ def test_raw_copies_the_prepared_files_byte_for_byte(workdir):
 def test_descriptors_have_the_documented_shape_dtype_and_row_order(
     workdir, kind, options
 ):
-    set_features(workdir, kind=kind, **options)
+    set_params(workdir, features={"kind": kind, **options})
 
-    done = run_stage(workdir)
+    done = run_stage(workdir, "features")
 
     assert done.returncode == 0, done.stderr
     params = yaml.safe_load((workdir / "params.yaml").read_text())["features"]
@@ -112,12 +94,12 @@ def test_descriptors_have_the_documented_shape_dtype_and_row_order(
 
 
 def test_a_key_the_kind_does_not_use_changes_no_byte(workdir):
-    set_features(workdir, kind="hog", color_bins=10)
-    assert run_stage(workdir).returncode == 0
+    set_params(workdir, features={"kind": "hog", "color_bins": 10})
+    assert run_stage(workdir, "features").returncode == 0
     first = {part: described(workdir, part).read_bytes() for part in SIZES}
 
-    set_features(workdir, color_bins=3)
-    assert run_stage(workdir).returncode == 0
+    set_params(workdir, features={"color_bins": 3})
+    assert run_stage(workdir, "features").returncode == 0
 
     assert {part: described(workdir, part).read_bytes() for part in SIZES} == first
 
@@ -141,9 +123,9 @@ def test_a_key_the_kind_does_not_use_changes_no_byte(workdir):
 def test_bad_descriptor_params_name_the_key_and_write_nothing(
     workdir, options, message
 ):
-    set_features(workdir, kind="hog+color_hist", **options)
+    set_params(workdir, features={"kind": "hog+color_hist", **options})
 
-    done = run_stage(workdir)
+    done = run_stage(workdir, "features")
 
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
@@ -156,7 +138,7 @@ def test_bad_descriptor_params_name_the_key_and_write_nothing(
 def test_a_missing_prepared_file_is_named(workdir):
     prepared(workdir, "test").unlink()
 
-    done = run_stage(workdir)
+    done = run_stage(workdir, "features")
 
     assert done.returncode == 1
     assert done.stderr.strip() == (

@@ -9,42 +9,18 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from conftest import REPO, run_stage, set_params
 from scipy.spatial.distance import cdist
 
 from cifar_baselines import knn
 from cifar_baselines.read_cifar import CLASS_NAMES
 
-REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, N_FEATURES = 60, 14, 3072
 K_VALUES = [5, 1, 2, 3]
-
-
-def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{name}.py")],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-
-
-def set_param(workdir: Path, dotted: str, value: object) -> None:
-    path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    section, _, key = dotted.partition(".")
-    params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-
-
-def set_k_values(workdir: Path, k_values: object) -> None:
-    set_param(workdir, "knn.k_values", k_values)
 
 
 def leftovers(workdir: Path) -> list[Path]:
@@ -58,8 +34,7 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "params.yaml").write_text(
         (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
-    set_k_values(tmp_path, K_VALUES)
-    set_param(tmp_path, "cv.folds", 0)
+    set_params(tmp_path, knn={"k_values": K_VALUES}, cv={"folds": 0})
 
     rng = np.random.default_rng(0)
     prepared = tmp_path / "data" / "prepared"
@@ -138,7 +113,7 @@ def test_distances_then_sweep(workdir):
 )
 def test_sweep_refuses_bad_k_values(workdir, k_values, message):
     assert run_stage(workdir, "distances").returncode == 0
-    set_k_values(workdir, k_values)
+    set_params(workdir, knn={"k_values": k_values})
 
     done = run_stage(workdir, "knn_sweep")
 

@@ -10,38 +10,19 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from conftest import REPO, run_stage, set_params
 
 from cifar_baselines import mlp
 from cifar_baselines.read_cifar import CLASS_NAMES
 
-REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 120, 30
 EPOCHS = 3
 OUTPUTS = ("data/mlp", "results")
 CV_REPORT = Path("results/mlp/cv.json")  # an input of mlp_train
-
-
-def run_stage(workdir: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{name}.py")],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-
-
-def set_mlp_params(workdir: Path, **values: object) -> None:
-    path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    params["mlp"].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
 @pytest.fixture
@@ -52,7 +33,7 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "params.yaml").write_text(
         (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )
-    set_mlp_params(tmp_path, hidden_units=8, epochs=EPOCHS, batch_size=32)
+    set_params(tmp_path, mlp={"hidden_units": 8, "epochs": EPOCHS, "batch_size": 32})
 
     rng = np.random.default_rng(0)
     prepared = tmp_path / "data" / "prepared"
@@ -139,7 +120,7 @@ def test_train_then_test(workdir):
 def test_bad_params_exit_1_with_one_line_and_write_nothing(
     workdir, key, value, message
 ):
-    set_mlp_params(workdir, **{key: value})
+    set_params(workdir, mlp={key: value})
     done = run_stage(workdir, "mlp_train")
 
     assert done.returncode == 1
@@ -150,7 +131,9 @@ def test_bad_params_exit_1_with_one_line_and_write_nothing(
 
 
 def test_divergence_exits_1_naming_the_epoch_and_writes_nothing(workdir):
-    set_mlp_params(workdir, activation="relu", init="normal", learning_rate=1e12)
+    set_params(
+        workdir, mlp={"activation": "relu", "init": "normal", "learning_rate": 1e12}
+    )
     done = run_stage(workdir, "mlp_train")
 
     assert done.returncode == 1
