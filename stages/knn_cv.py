@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from cifar_baselines import cv, knn
 from cifar_baselines.atomic import atomic_path, write_csv, write_json
 from cifar_baselines.errors import PipelineError
+from cifar_baselines.figures import accuracy_against_k
 from cifar_baselines.params import load_params
 from cifar_baselines.stage import get_logger, progress, run
 
@@ -57,37 +57,19 @@ def _plot(result: cv.KnnCVResult | None, kind: str, n_train: int) -> Figure:
         ax.set_axis_off()
         return fig
 
-    best = result.k_values.index(result.best_k)
-    ax.errorbar(
+    return accuracy_against_k(
         result.k_values,
         result.mean,
-        yerr=result.std,
-        marker="o",
-        markersize=4,
-        capsize=3,
-        label="mean ± std over folds",
+        result.best_k,
+        chosen_label=f"chosen k = {result.best_k}",
+        ylabel="accuracy on the held-out fold",
+        title=(
+            f"k-NN, {len(result.fold_sizes)}-fold cross-validation, "
+            f"features: {kind}\ntraining split only: {n_train:,} images"
+        ),
+        spread=result.std,
+        curve_label="mean ± std over folds",
     )
-    ax.plot(
-        [result.best_k],
-        [result.mean[best]],
-        marker="*",
-        markersize=14,
-        linestyle="none",
-        color="tab:red",
-        label=f"chosen k = {result.best_k} ({result.mean[best]:.2%})",
-    )
-    ax.set_xlabel("k (number of neighbours)")
-    ax.set_ylabel("accuracy on the held-out fold")
-    ax.set_title(
-        f"k-NN, {len(result.fold_sizes)}-fold cross-validation, features: {kind}\n"
-        f"training split only: {n_train:,} images",
-        fontsize="medium",
-    )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
 
 
 def main() -> None:

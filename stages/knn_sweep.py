@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from cifar_baselines import knn
 from cifar_baselines.atomic import atomic_path, write_csv, write_json
 from cifar_baselines.errors import PipelineError
+from cifar_baselines.figures import accuracy_against_k
 from cifar_baselines.params import PARAMS_FILE, load_params
 from cifar_baselines.read_cifar import CLASS_NAMES
 from cifar_baselines.stage import get_logger, progress, run
@@ -85,31 +85,17 @@ def _plot(
     n_test: int,
     n_train: int,
 ) -> Figure:
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(result.k_values, result.accuracy, marker="o", markersize=4)
-    accuracy = float(result.accuracy[result.k_values.index(chosen_k)])
-    ax.plot(
-        [chosen_k],
-        [accuracy],
-        marker="*",
-        markersize=14,
-        linestyle="none",
-        color="tab:red",
-        label=f"k = {chosen_k}, {how} ({accuracy:.2%})",
+    return accuracy_against_k(
+        result.k_values,
+        result.accuracy,
+        chosen_k,
+        chosen_label=f"k = {chosen_k}, {how}",
+        ylabel="test accuracy",
+        title=(
+            f"k-NN on CIFAR-10, L2 distance, features: {kind}\n"
+            f"test split: {n_test:,} images; training split: {n_train:,} images"
+        ),
     )
-    ax.set_xlabel("k (number of neighbours)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(
-        f"k-NN on CIFAR-10, L2 distance, features: {kind}\n"
-        f"test split: {n_test:,} images; training split: {n_train:,} images",
-        fontsize="medium",
-    )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
 
 
 def main() -> None:

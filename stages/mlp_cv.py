@@ -28,7 +28,7 @@ from pathlib import Path
 from cifar_baselines import cv, mlp
 from cifar_baselines.atomic import write_json
 from cifar_baselines.errors import PipelineError
-from cifar_baselines.params import PARAMS_FILE, load_params
+from cifar_baselines.params import PARAMS_FILE, check_mlp_inputs, load_params
 from cifar_baselines.stage import get_logger, progress, run
 
 STAGE = "mlp_cv"
@@ -72,19 +72,8 @@ def main() -> None:
             f"{PARAMS_FILE}: 'cv.mlp' is true but 'cv.folds' is 0; set cv.folds to "
             "2 or more, or cv.mlp to false"
         )
-    if settings["flip"] and kind != "raw":
-        raise PipelineError(
-            f"{PARAMS_FILE}: 'mlp.flip' is true but 'features.kind' is {kind!r}: "
-            "only raw pixel rows can be mirrored; set mlp.flip to false"
-        )
-
     features, labels = mlp.load_inputs(FEATURES, LABELS)
-    if settings["pca_components"] > features.shape[1]:
-        raise PipelineError(
-            f"{PARAMS_FILE}: 'mlp.pca_components' is {settings['pca_components']}, "
-            f"more than the {features.shape[1]} values per image of {FEATURES} "
-            f"(features.kind {kind!r})"
-        )
+    check_mlp_inputs(settings, kind, features.shape[1], FEATURES)
     grid = {
         "hidden_units": options["mlp_hidden_units"],
         "learning_rate": options["mlp_learning_rates"],
@@ -102,23 +91,13 @@ def main() -> None:
     )
 
     def fit_and_score(x_fit, y_fit, x_val, y_val, *, hidden_units, learning_rate):
+        # The mlp keys are named as the arguments of fit_mlp.
         model, _ = mlp.fit_mlp(
             x_fit,
             y_fit,
             hidden_units=hidden_units,
-            activation=settings["activation"],
-            init=settings["init"],
-            scaling=settings["scaling"],
-            pca_components=settings["pca_components"],
-            batch_size=settings["batch_size"],
-            epochs=settings["epochs"],
             learning_rate=learning_rate,
-            momentum=settings["momentum"],
-            schedule=settings["schedule"],
-            weight_decay=settings["weight_decay"],
-            flip=settings["flip"],
-            validation_fraction=settings["validation_fraction"],
-            seed=settings["seed"],
+            **settings,
         )
         return model.accuracy(x_val, y_val)
 

@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from cifar_baselines import mlp
 from cifar_baselines.atomic import atomic_path, write_csv
 from cifar_baselines.errors import PipelineError
-from cifar_baselines.params import PARAMS_FILE, load_params
+from cifar_baselines.params import check_mlp_inputs, load_params
 from cifar_baselines.stage import get_logger, progress, run
 
 STAGE = "mlp_train"
@@ -104,11 +104,6 @@ def main() -> None:
     loaded = load_params(KEYS)
     params, kind = loaded["mlp"], loaded["features"]["kind"]
     log = get_logger(STAGE)
-    if params["flip"] and kind != "raw":
-        raise PipelineError(
-            f"{PARAMS_FILE}: 'mlp.flip' is true but 'features.kind' is {kind!r}: "
-            "only raw pixel rows can be mirrored; set mlp.flip to false"
-        )
 
     hidden_units, learning_rate = params["hidden_units"], params["learning_rate"]
     chosen = ""
@@ -124,12 +119,7 @@ def main() -> None:
         )
 
     images, labels = mlp.load_inputs(FEATURES, LABELS)
-    if params["pca_components"] > images.shape[1]:
-        raise PipelineError(
-            f"{PARAMS_FILE}: 'mlp.pca_components' is {params['pca_components']}, "
-            f"more than the {images.shape[1]} values per image of {FEATURES} "
-            f"(features.kind {kind!r})"
-        )
+    check_mlp_inputs(params, kind, images.shape[1], FEATURES)
     pca = params["pca_components"]
     inputs = "pixels" if kind == "raw" else f"{kind} features"
     summary = (
@@ -155,23 +145,11 @@ def main() -> None:
             )
             bar.update()
 
+        # The mlp keys are named as the arguments of fit_mlp.
         model, history = mlp.fit_mlp(
             images,
             labels,
-            hidden_units=hidden_units,
-            activation=params["activation"],
-            init=params["init"],
-            scaling=params["scaling"],
-            pca_components=params["pca_components"],
-            batch_size=params["batch_size"],
-            epochs=params["epochs"],
-            learning_rate=learning_rate,
-            momentum=params["momentum"],
-            schedule=params["schedule"],
-            weight_decay=params["weight_decay"],
-            flip=params["flip"],
-            validation_fraction=params["validation_fraction"],
-            seed=params["seed"],
+            **{**params, "hidden_units": hidden_units, "learning_rate": learning_rate},
             on_epoch=on_epoch,
         )
     best = history.best_epoch

@@ -4,7 +4,8 @@ A stage script names the params keys it reads in a module-level ``KEYS`` list
 and passes it to ``load_params``, which returns those keys only: reading an
 undeclared key fails at run time.  These tests close the loop statically:
 ``KEYS`` equals the stage's ``params:`` in ``dvc.yaml``, every key in ``KEYS``
-is read by the script, and the script and the library modules it imports are
+is read by the script (by name, or as part of a section passed on whole with
+``**``), and the script and the library modules it imports are
 listed as dependencies.
 """
 
@@ -66,6 +67,47 @@ def subscripted_names(tree: ast.Module) -> set[str]:
     }
 
 
+def unpacked_sections(tree: ast.Module) -> set[str]:
+    """Sections passed on whole: ``s = params["mlp"]``, then ``f(**s)``.
+
+    Such a call hands every key of the section to its callee (``load_params``
+    returns the declared keys only), so each of them counts as read.
+    """
+    section_of: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target, value = node.targets[0], node.value
+        pairs = (
+            zip(target.elts, value.elts, strict=True)
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+            else [(target, value)]
+        )
+        for name, source in pairs:
+            if (
+                isinstance(name, ast.Name)
+                and isinstance(source, ast.Subscript)
+                and isinstance(source.slice, ast.Constant)
+                and source.slice.value in SCHEMA
+            ):
+                section_of[name.id] = source.slice.value
+    passed: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.keyword) or node.arg is not None:
+            continue
+        # f(**s), or f(**{**s, "key": value}) to replace some of its keys.
+        names = [node.value]
+        if isinstance(node.value, ast.Dict):
+            entries = zip(node.value.keys, node.value.values, strict=True)
+            names = [value for key, value in entries if key is None]
+        passed.update(
+            section_of[n.id]
+            for n in names
+            if isinstance(n, ast.Name) and n.id in section_of
+        )
+    return passed
+
+
 def imported_library_modules(tree: ast.Module) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -90,8 +132,12 @@ def test_params_declared_are_the_params_read(name):
     assert set(keys) == declared_params(stage), (
         f"stage {name}: the script's KEYS and dvc.yaml's params differ"
     )
-    read = subscripted_names(tree)
-    unread = [key for key in keys if key.partition(".")[2] not in read]
+    read, whole = subscripted_names(tree), unpacked_sections(tree)
+    unread = [
+        key
+        for key in keys
+        if key.partition(".")[2] not in read and key.partition(".")[0] not in whole
+    ]
     assert not unread, f"stage {name} declares but never reads {unread}"
 
 
@@ -123,3 +169,16 @@ def test_readme_params_reference_is_current():
     start = readme.index("<!-- params-reference:start -->")
     stop = readme.index("<!-- params-reference:end -->")
     assert readme[start:stop].split("\n", 1)[1].strip() == reference_table().strip()
+
+
+def test_a_section_counts_as_read_only_when_passed_on_whole():
+    passed = unpacked_sections(
+        ast.parse(
+            'a, b = params["cv"], params["mlp"]\n'
+            'c = params["knn"]\n'
+            'f(**{**b, "seed": 1})\n'
+            "g(a)\n"
+            "h(**c)\n"
+        )
+    )
+    assert passed == {"mlp", "knn"}

@@ -402,6 +402,29 @@ def load_params(
     return picked
 
 
+def check_mlp_inputs(
+    mlp: dict[str, Any], kind: str, n_columns: int, inputs: str | os.PathLike
+) -> None:
+    """Check the ``mlp`` keys that depend on the inputs the MLP stages read.
+
+    ``mlp`` holds ``flip`` and ``pca_components``; ``kind`` is
+    ``features.kind`` and ``n_columns`` the width of the rows in ``inputs``.
+    Raises :class:`ParamsError` naming the key when flips are asked for rows
+    that are not pixels, or more principal components than there are columns.
+    """
+    if mlp["flip"] and kind != "raw":
+        raise ParamsError(
+            f"{PARAMS_FILE}: 'mlp.flip' is true but 'features.kind' is {kind!r}: "
+            "only raw pixel rows can be mirrored; set mlp.flip to false"
+        )
+    if mlp["pca_components"] > n_columns:
+        raise ParamsError(
+            f"{PARAMS_FILE}: 'mlp.pca_components' is {mlp['pca_components']}, "
+            f"more than the {n_columns} values per image of {inputs} "
+            f"(features.kind {kind!r})"
+        )
+
+
 def _format_default(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
