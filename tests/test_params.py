@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +234,37 @@ def test_apply_overrides_keeps_string_keys_as_text() -> None:
     patched = yaml.safe_load(apply_overrides(text, [f"data.md5={digits_only}"]))
 
     assert patched["data"]["md5"] == digits_only
+
+
+def test_params_are_restored_when_with_params_is_terminated(params_file: Path) -> None:
+    original = params_file.read_bytes()
+    started = params_file.parent / "started"
+    # The command says it has started, then waits to be terminated.
+    command = (
+        f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
+    )
+    wrapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cifar_baselines.with_params",
+            "--params",
+            str(params_file),
+            "-S",
+            "split.seed=3",
+            "--",
+            sys.executable,
+            "-c",
+            command,
+        ]
+    )
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the command did not start"
+    assert yaml.safe_load(params_file.read_text())["split"]["seed"] == 3
+
+    wrapper.send_signal(signal.SIGTERM)
+
+    assert wrapper.wait(timeout=30) != 0
+    assert params_file.read_bytes() == original

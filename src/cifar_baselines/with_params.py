@@ -2,15 +2,17 @@
 
 ``python -m cifar_baselines.with_params -S data.url=PATH -S data.md5=HEX -- dvc repro``
 rewrites the named keys in ``params.yaml``, runs the command, and restores the
-file byte for byte however the command ends.  It is how the pipeline is pointed
-at a local copy of the archive for one run without changing the defaults kept
-in git.  Values are parsed as YAML, as ``dvc exp run -S`` does, except for
-string keys, which keep the text as given.
+file byte for byte however the command ends, also when this process is sent
+SIGTERM or SIGHUP (it passes them on and waits for the command to stop).  It
+is how the pipeline is pointed at a local copy of the archive for one run
+without changing the defaults kept in git.  Values are parsed as YAML, as
+``dvc exp run -S`` does, except for string keys, which keep the text as given.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +63,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with atomic_path(path) as tmp:
             tmp.write_text(patched, encoding="utf-8")
-        return subprocess.call(command)
+        return _run_to_the_end(command)
     finally:
         with atomic_path(path) as tmp:
             tmp.write_bytes(original)
+
+
+def _run_to_the_end(command: list[str]) -> int:
+    """Run ``command`` and return its status once it has exited.
+
+    The params file may be put back only when the command no longer reads it.
+    SIGTERM and SIGHUP sent to this process are passed on to the command, and
+    Ctrl-C (which the terminal sends to both) is left to the command; either
+    way this process waits for the command to stop before returning.
+    """
+    process = subprocess.Popen(command)
+
+    def pass_on(signum: int, _frame: object) -> None:
+        process.send_signal(signum)
+
+    handled = {signal.SIGTERM: pass_on, signal.SIGHUP: pass_on}
+    handled[signal.SIGINT] = signal.SIG_IGN
+    previous = {signum: signal.signal(signum, how) for signum, how in handled.items()}
+    try:
+        return process.wait()
+    finally:
+        for signum, how in previous.items():
+            signal.signal(signum, how)
 
 
 if __name__ == "__main__":
