@@ -364,13 +364,14 @@ def test_flip_trains_on_a_mix_of_rows_and_their_mirror_images():
     w = mlp.init_weights(6, 4, 3, init="xavier")
     kwargs = dict(batch_size=0, flip=True, seed=5)
 
-    # A "mirror" equal to the data itself changes nothing...
+    # A "mirror" equal to the data itself changes nothing (but the order in
+    # which a batch's rows are summed)...
     *same, _ = mlp.train_mlp(
         *w, data, labels, 0.1, 2, data_train_flipped=data, **kwargs
     )
     *plain, _ = mlp.train_mlp(*w, data, labels, 0.1, 2)
     for a, b in zip(same, plain, strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
     # ...and with an all-zero "mirror", each full-batch step sees the data with
     # the rows drawn by rng.random(n) < 0.5 (one draw per epoch) zeroed.
@@ -420,6 +421,65 @@ def test_raw_rows_scaled_per_batch_train_as_scaled_rows(batch_size):
     for a, b in zip(from_raw, from_scaled, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-5)
+
+
+def test_folded_step_gives_the_gradient_of_scaled_rows():
+    # One step on raw rows with the scaling folded into the first layer, in
+    # float64, against gradients_cross_entropy on the scaled rows.
+    params, raw, labels, _ = tiny_network(d_in=5, n=7)
+    raw = 3 + 2 * raw
+    shift = np.array([3.0, -1.0, 0.5, 2.0, 0.0])
+    scale = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
+    folded = mlp._FoldedScaling(shift, scale, d_h=params[0].shape[1])
+    w1_raw = folded.to_raw(params[0])
+    stacked = np.vstack([-shift, raw])  # the shift row, then the batch
+
+    loss, grads, a2 = mlp._cross_entropy_step(
+        w1_raw,
+        folded.bias(w1_raw, params[1]),
+        *params[2:],
+        stacked,
+        labels,
+        "sigmoid",
+        True,
+    )
+    folded.to_raw_gradient(grads.w1)
+    expected_loss, expected, expected_a2 = mlp.gradients_cross_entropy(
+        *params, (raw - shift) * scale, labels
+    )
+
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    np.testing.assert_allclose(a2, expected_a2, rtol=1e-12)
+    # The gradient for w1r is scale times that of w1 (docs/backprop.md).
+    np.testing.assert_allclose(grads.w1, scale[:, None] * expected.w1, rtol=1e-10)
+    for name in ("b1", "w2", "b2"):
+        np.testing.assert_allclose(
+            getattr(grads, name), getattr(expected, name), rtol=1e-10
+        )
+    np.testing.assert_allclose(folded.to_scaled(w1_raw), params[0], rtol=1e-15)
+
+
+def test_scaling_is_folded_only_where_float32_keeps_it_accurate():
+    assert mlp._FoldedScaling.accurate(np.array([120.0, 0.0]), np.array([0.02, 5.0]))
+    assert not mlp._FoldedScaling.accurate(np.array([1e4, 0.0]), np.array([1.0, 1.0]))
+
+    # Rows far from the origin relative to their spread: each batch is scaled,
+    # and training matches training on rows scaled beforehand.
+    rng = np.random.default_rng(4)
+    data = (1e4 + rng.normal(size=(48, 6))).astype(np.float32)
+    labels = np.arange(48) % 3
+    shift, scale = mlp.fit_scaling(data, "standardize")
+    assert not mlp._FoldedScaling.accurate(shift, scale)
+    w = mlp.init_weights(6, 4, 3, init="xavier")
+    kwargs = dict(batch_size=8, momentum=0.9, weight_decay=1e-3, seed=1)
+
+    *from_raw, _ = mlp.train_mlp(
+        *w, data, labels, 0.1, 3, input_shift=shift, input_scale=scale, **kwargs
+    )
+    scaled = mlp.apply_scaling(data, shift, scale)
+    *from_scaled, _ = mlp.train_mlp(*w, scaled, labels, 0.1, 3, **kwargs)
+    for a, b in zip(from_raw, from_scaled, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_flip_of_image_rows_equals_training_with_their_mirror_images():

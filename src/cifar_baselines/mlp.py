@@ -26,22 +26,23 @@ differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
 Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
-network takes about 2.4 times as long as its matrix products alone
-(``bench/mlp.py``, part ``epochs``; 1.4 times for the stronger
-configuration's 1,024 units).  With one BLAS thread (``OPENBLAS_NUM_THREADS=1``)
-the ratio is 1.4 and the epoch itself is shorter than with two (0.71 s
-against 0.85 s): between two products, the idle BLAS thread keeps its core
-busy waiting for work and slows down this module's element-wise passes on
-the other (the momentum update took 0.27 ms a step with one thread and 0.94
-ms with two).  Those passes (drawing and flipping the uint8 rows of a batch,
-scaling them to float32, the updates) do not shrink with the hidden layer,
-and 64 units make the products too thin to hide them.  Measured and not
-kept, because whole trainings were no faster: scaling all rows to float32
-once (1.2 GB with flips, seconds of page faults to allocate), keeping
-mirrored uint8 copies with batch buffers reused across steps, and folding
-the scaling into the first layer's weights (under 3 % of an epoch saved).
-The limit can go once an epoch of the default network is within 1.5 times
-its products on 2 BLAS threads.
+network takes about 1.55 times as long as its matrix products alone
+(``bench/mlp.py``, part ``epochs``: 0.41 s against 0.26 s, medians of 15
+epochs; 1.28 times for the stronger configuration's 1,024 units), above the
+1.5 asked for.  Each step draws its batch with one gather of sorted rows from
+the uint8 rows stacked with their mirror images, converts it to float32 in a
+reused buffer and folds the input scaling into the first layer
+(:class:`_FoldedScaling`), which took the ratio down from 1.83; what remains,
+about 0.15 s an epoch whether BLAS runs on one thread or two (1.30 times with
+``OPENBLAS_NUM_THREADS=1``, 0.65 s against 0.50 s), is single-threaded
+element-wise work that does not shrink with the hidden layer: writing each
+float32 batch (3 MB), the momentum and weight-decay passes over w1, and some
+thirty small array operations.  Measured and not kept, because epochs were no
+shorter: a float32 copy of all training rows, drawing the next batch in a
+second thread while the current step runs, splitting the draw between two
+threads, and the update of w1 in row blocks that fit the L2 cache.  The limit
+can go once an epoch of the default network is within 1.5 times its products
+on 2 BLAS threads.
 """
 
 from __future__ import annotations
@@ -439,18 +440,29 @@ def _backward(
     a1: np.ndarray,
     dz2: np.ndarray,
     activation: str,
+    shift_row: bool = False,
 ) -> Gradients:
-    """Back-propagate ``dz2`` = dC/dZ2 through the network (docs/backprop.md)."""
+    """Back-propagate ``dz2`` = dC/dZ2 through the network (docs/backprop.md).
+
+    With ``shift_row``, ``data`` (n + 1, d_in) holds a row ``c`` before the n
+    rows ``x`` of the batch, and ``dw1`` is the gradient for the rows
+    ``x + c``: ``x.T @ dz1 + c.T @ db1`` (db1 the column sums of dz1), taken
+    in one product as ``data.T @ [db1; dz1]``.
+    """
     dw2 = a1.T @ dz2
     db2 = dz2.sum(axis=0, keepdims=True)
 
-    da1 = dz2 @ w2.T  # (n, d_h), overwritten by dC/dZ1 on the next line
+    first = int(shift_row)  # the row of `stacked` where dz1 starts
+    stacked = np.empty((first + len(a1), a1.shape[1]), a1.dtype)
+    da1 = np.matmul(dz2, w2.T, out=stacked[first:])  # (n, d_h), then dC/dZ1
     if activation == "sigmoid":
         dz1 = np.multiply(da1, a1 * (1 - a1), out=da1)  # σ'(Z1) = A1 (1 - A1)
     else:
         dz1 = np.multiply(da1, a1 > 0, out=da1)  # ReLU'(Z1) = 1 where Z1 > 0
-    dw1 = data.T @ dz1
     db1 = dz1.sum(axis=0, keepdims=True)
+    if shift_row:
+        stacked[0] = db1
+    dw1 = data.T @ stacked  # data.T @ dz1, or data.T @ [db1; dz1]
     return Gradients(dw1, db1, dw2, db2)
 
 
@@ -462,16 +474,22 @@ def _cross_entropy_step(
     data: np.ndarray,
     labels: np.ndarray,
     activation: str,
+    shift_row: bool = False,
 ) -> tuple[float, Gradients, np.ndarray]:
-    """Loss, gradients and probabilities on checked arrays."""
-    a1, a2 = _forward(w1, b1, w2, b2, data, activation, "softmax")
+    """Loss, gradients and probabilities on checked arrays.
+
+    With ``shift_row``, the batch is ``data[1:]`` and ``data[0]`` a row added
+    to each of its rows for the gradient of w1 (see :func:`_backward`).
+    """
+    batch = data[1:] if shift_row else data
+    a1, a2 = _forward(w1, b1, w2, b2, batch, activation, "softmax")
     loss = _cross_entropy(a2, labels)
 
-    n = len(data)
+    n = len(batch)
     dz2 = a2.copy()
     dz2[np.arange(n), labels] -= 1  # A2 - Y
     dz2 /= n
-    return loss, _backward(w2, data, a1, dz2, activation), a2
+    return loss, _backward(w2, data, a1, dz2, activation, shift_row), a2
 
 
 def gradients_mse(
@@ -653,26 +671,127 @@ def mirror_images(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[:, :, :, ::-1]).reshape(rows.shape)
 
 
-def _draw(
-    data: np.ndarray,
-    rows: np.ndarray,
-    mirrored: np.ndarray | None,
-    data_flipped: np.ndarray | None,
-) -> np.ndarray:
-    """Copy the rows of a batch, replacing those at ``mirrored`` by their mirror.
-
-    The mirror images come from ``data_flipped`` when given, else the image
-    rows (b, 3072) are mirrored in the copy.
+def _with_mirror_images(rows: np.ndarray, mirrored: np.ndarray | None) -> np.ndarray:
+    """``rows`` (n, d_in), then ``mirrored`` (n, d_in) or, when it is None, the
+    mirror images of ``rows`` (image rows), stacked in one new array (2n, d_in).
     """
-    x = data[rows]  # (b, d_in), in data's dtype
-    if mirrored is None:
-        return x
-    if data_flipped is None:
-        images = x.reshape(-1, *IMAGE_SHAPE)  # (b, channel, y, x), a view
-        images[mirrored] = images[mirrored, :, :, ::-1]
-    else:
-        x[mirrored] = data_flipped[rows[mirrored]]
-    return x
+    n = len(rows)
+    stacked = np.empty((2 * n, rows.shape[1]), rows.dtype)
+    stacked[:n] = rows
+    if mirrored is not None:
+        stacked[n:] = mirrored
+    else:  # written in place: no temporary copy of the mirror images
+        images = rows.reshape(-1, *IMAGE_SHAPE)  # (n, channel, y, x), a view
+        stacked[n:].reshape(images.shape)[...] = images[:, :, :, ::-1]
+    return stacked
+
+
+class _BatchDrawer:
+    """Gathers the rows of each training step into one buffer reused by every step.
+
+    Rows are taken from ``source`` (n_source, d_in): the training rows and,
+    with flips, their mirror images after them, row ``i + n_train`` mirroring
+    row ``i``.  Drawing a batch is then one gather of sorted row numbers (the
+    loss and gradients of a batch do not depend on the order of its rows, and
+    sorted numbers read memory forwards), converted to float32 in the buffer
+    when the source is not float32, and scaled there in place when
+    ``scaling`` is given.  The buffer (size + 1, d_in) holds ``first_row``
+    (zeros by default) before the batch: the stack that
+    :func:`_cross_entropy_step` takes with ``shift_row``.
+    """
+
+    def __init__(
+        self,
+        source: np.ndarray,
+        n_train: int,
+        size: int,
+        *,
+        first_row: np.ndarray | None = None,
+        scaling: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        self.source, self.n_train, self.scaling = source, n_train, scaling
+        d_in = source.shape[1]
+        self.stacked = np.zeros((size + 1, d_in), np.float32)
+        if first_row is not None:
+            self.stacked[0] = first_row
+        self.gathered = (
+            self.stacked[1:]
+            if source.dtype == np.float32
+            else np.empty((size, d_in), source.dtype)
+        )
+
+    def draw(
+        self, rows: np.ndarray, mirrored: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The batch of training ``rows`` (b,), those at ``mirrored`` (b,) flipped.
+
+        Returns the first row and the batch, stacked (b + 1, d_in), float32: a
+        view of the buffer, which the next call overwrites; and the training
+        row of each row of the batch (b,).
+        """
+        picked = rows if mirrored is None else rows + self.n_train * mirrored
+        picked = np.sort(picked)
+        b = len(picked)
+        # mode="clip" (every row number is valid) spares numpy a buffered copy.
+        gathered = np.take(
+            self.source, picked, axis=0, out=self.gathered[:b], mode="clip"
+        )
+        x = self.stacked[1 : b + 1]
+        if gathered is not x:
+            np.copyto(x, gathered)  # to float32
+        if self.scaling is not None:
+            shift, scale = self.scaling
+            x -= shift
+            x *= scale
+        return self.stacked[
+            : b + 1
+        ], picked if mirrored is None else picked % self.n_train
+
+
+class _FoldedScaling:
+    """The input scaling folded into the first layer, for training on raw rows.
+
+    On scaled rows the first layer computes
+    ``((x - shift) * scale) @ w1 + b1 = x @ w1r + (b1 - shift @ w1r)``, where
+    ``w1r = scale[:, None] * w1``: training on raw rows keeps ``w1r`` and the
+    velocity of w1 multiplied by ``scale`` row by row, and never scales a
+    batch.  The gradient on raw rows of the weights ``w1r``, taken as
+    ``(x - shift).T @ dz1`` by :func:`_backward` with a shift row, times
+    ``scale**2`` is ``scale[:, None]`` times the gradient of w1 on scaled rows,
+    so that each momentum step on ``w1r`` is the step on w1 (the weight-decay
+    term ``decay * w1r`` is ``scale[:, None]`` times ``decay * w1`` too).
+    ``docs/backprop.md`` derives it.
+    """
+
+    # In float32, x @ w1r - shift @ w1r cancels about log2(|shift * scale|) bits
+    # of each term: fold only while no |shift * scale| exceeds this (pixels of
+    # CIFAR-10, standardised, stay below 3).
+    LIMIT = 100.0
+
+    def __init__(self, shift: np.ndarray, scale: np.ndarray, d_h: int) -> None:
+        self.shift = shift
+        self.scale = scale[:, np.newaxis]  # (d_in, 1)
+        # (d_in, d_h), not a column: multiplying the gradient by a column
+        # broadcast along rows of 64 values took twice as long.
+        self.scale_squared = np.repeat(np.square(self.scale), d_h, axis=1)
+
+    @classmethod
+    def accurate(cls, shift: np.ndarray, scale: np.ndarray) -> bool:
+        return bool(np.max(np.abs(shift * scale), initial=0.0) <= cls.LIMIT)
+
+    def to_raw(self, w1: np.ndarray) -> np.ndarray:
+        return w1 * self.scale
+
+    def to_scaled(self, w1_raw: np.ndarray) -> np.ndarray:
+        return w1_raw / self.scale
+
+    def bias(self, w1_raw: np.ndarray, b1: np.ndarray) -> np.ndarray:
+        """The first layer's bias on raw rows, (1, d_h)."""
+        return b1 - self.shift @ w1_raw
+
+    def to_raw_gradient(self, dw1: np.ndarray) -> None:
+        """Turn ``(x - shift).T @ dz1`` into the step's gradient for w1r, in place."""
+        dw1 *= self.scale_squared
 
 
 def _evaluate(
@@ -776,10 +895,13 @@ def train_mlp(
         are 3 x 32 x 32 images, and mirrors the rows drawn in each batch.
     input_shift, input_scale : ndarray of shape (d_in,), optional
         Given together, ``data_train``, ``data_train_flipped`` and ``data_val``
-        hold raw rows of any real dtype (uint8 pixels, say), and each batch or
-        chunk is scaled to ``(x - input_shift) * input_scale`` in float32 as it
-        is drawn: uint8 training data then takes a quarter of the memory, and a
-        quarter of the memory traffic, of a float32 copy.
+        hold raw rows of any real dtype (uint8 pixels, say) that the network
+        sees as ``(x - input_shift) * input_scale``: uint8 training data then
+        takes a quarter of the memory, and a quarter of the memory traffic, of
+        a float32 copy.  Mini-batches are converted to float32 as they are
+        drawn, and the scaling is folded into the first layer
+        (:class:`_FoldedScaling`) instead of being applied to every batch;
+        validation rows are scaled a chunk at a time.
     seed : int, default 0
         Seed of the batch order and of the flips (the ``TRAINING`` stream).
     data_val, labels_val : ndarray of shapes (n_val, d_in) and (n_val,), optional
@@ -866,13 +988,35 @@ def train_mlp(
         data_train = data_train.astype(np.float32, copy=False)
         if data_train_flipped is not None:
             data_train_flipped = data_train_flipped.astype(np.float32, copy=False)
-    batch_scaling = scaling if raw and not full_batch else None
     params = [np.array(p, dtype=np.float32) for p in (w1, b1, w2, b2)]
+
+    # Raw mini-batches: fold the scaling into the first layer when that is
+    # accurate in float32, else scale each batch as it is drawn.
+    folded = batch_scaling = None
+    if raw and not full_batch:
+        if _FoldedScaling.accurate(*scaling):
+            folded = _FoldedScaling(*scaling, d_h=w1.shape[1])
+            params[0] = folded.to_raw(params[0])
+        else:
+            batch_scaling = scaling
+    size = n_train if full_batch else batch_size
+    drawer = None
+    if flip or not full_batch:
+        source = data_train
+        if flip:
+            source = _with_mirror_images(data_train, data_train_flipped)
+            del data_train_flipped
+        drawer = _BatchDrawer(
+            source,
+            n_train,
+            size,
+            first_row=None if folded is None else -folded.shift,
+            scaling=batch_scaling,
+        )
     velocity = [np.zeros_like(p) for p in params]
     best = [p.copy() for p in params]
     decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
 
-    size = n_train if full_batch else batch_size
     rng = np.random.default_rng([seed, TRAINING])
     history = History()
     best_accuracy = -1.0
@@ -885,18 +1029,24 @@ def train_mlp(
 
             for start in range(0, n_train, size):
                 rows = order[start : start + size]
-                y = labels_train[rows]
-                if full_batch and not flip:
-                    x = data_train  # no copy
+                if drawer is None:
+                    x = data_train  # one full-batch step, no flips: no copy
                 else:
                     mirrored = rng.random(len(rows)) < 0.5 if flip else None
-                    x = _draw(data_train, rows, mirrored, data_train_flipped)
-                if batch_scaling is not None:
-                    x = apply_scaling(x, *batch_scaling)
+                    x, rows = drawer.draw(rows, mirrored)
+                    x = x if folded else x[1:]
+                y = labels_train[rows]
 
                 # Gradients, then the momentum step in place; grads serve as
                 # scratch space once velocity has them.
-                loss, grads, a2 = _cross_entropy_step(*params, x, y, activation)
+                if folded is None:
+                    loss, grads, a2 = _cross_entropy_step(*params, x, y, activation)
+                else:
+                    w1_raw, b1, w2, b2 = params
+                    loss, grads, a2 = _cross_entropy_step(
+                        w1_raw, folded.bias(w1_raw, b1), w2, b2, x, y, activation, True
+                    )
+                    folded.to_raw_gradient(grads.w1)
                 _check_finite(epoch, loss, [], learning_rate)
                 for p, v, g, decay in zip(params, velocity, grads, decays, strict=True):
                     v *= momentum
@@ -909,18 +1059,21 @@ def train_mlp(
                 epoch_correct += np.count_nonzero(np.argmax(a2, axis=1) == y)
 
             _check_finite(epoch, epoch_loss, params, learning_rate)
+            scaled = params  # the weights for scaled rows
+            if folded is not None:
+                scaled = [folded.to_scaled(params[0]), *params[1:]]
             metrics = {
                 "train_loss": epoch_loss / n_train,
                 "train_accuracy": epoch_correct / n_train,
             }
             if validating:
                 val_loss, val_accuracy = _evaluate(
-                    params, data_val, labels_val, activation, scaling
+                    scaled, data_val, labels_val, activation, scaling
                 )
                 metrics |= {"val_loss": val_loss, "val_accuracy": val_accuracy}
                 if val_accuracy > best_accuracy:
                     best_accuracy, history.best_epoch = val_accuracy, epoch
-                    for kept, p in zip(best, params, strict=True):
+                    for kept, p in zip(best, scaled, strict=True):
                         np.copyto(kept, p)
             for name, value in metrics.items():
                 getattr(history, name).append(value)
@@ -928,7 +1081,7 @@ def train_mlp(
                 on_epoch(epoch, metrics | {"learning_rate": lr})
 
     if not validating:
-        history.best_epoch, best = num_epoch, params
+        history.best_epoch, best = num_epoch, scaled
     return (*best, history)
 
 
@@ -1312,12 +1465,14 @@ def fit_mlp(
     Notes
     -----
     Memory: without PCA the training part is copied in the dtype of
-    ``images`` (0.15 GB for 48,600 uint8 CIFAR-10 images) and every batch is
-    scaled as it is drawn.  With ``pca_components`` it is scaled once into a
-    float32 array (0.6 GB) for the covariance and the projection, and with
-    ``flip`` a mirrored float32 copy exists while it is projected, so the
-    peak is about 1.2 GB besides ``images``; the projected rows take
-    ``pca_components / d_in`` of that.
+    ``images`` (0.15 GB for 48,600 uint8 CIFAR-10 images), and with ``flip``
+    :func:`train_mlp` stacks it with its mirror images (0.3 GB more); batches
+    are converted to float32 as they are drawn.  With ``pca_components`` it
+    is scaled once into a float32 array (0.6 GB) for the covariance and the
+    projection, and with ``flip`` a mirrored float32 copy exists while it is
+    projected, so the peak is about 1.2 GB besides ``images``; the projected
+    rows take ``pca_components / d_in`` of that (twice, with their mirror
+    images).
     """
     images = np.asarray(images)
     if images.ndim != 2 or images.dtype.kind not in "fiu" or len(images) < 2:
