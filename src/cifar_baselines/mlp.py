@@ -26,23 +26,26 @@ differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
 Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
-network takes about 1.55 times as long as its matrix products alone
-(``bench/mlp.py``, part ``epochs``: 0.41 s against 0.26 s, medians of 15
-epochs; 1.28 times for the stronger configuration's 1,024 units), above the
-1.5 asked for.  Each step draws its batch with one gather of sorted rows from
-the uint8 rows stacked with their mirror images, converts it to float32 in a
-reused buffer and folds the input scaling into the first layer
-(:class:`_FoldedScaling`), which took the ratio down from 1.83; what remains,
-about 0.15 s an epoch whether BLAS runs on one thread or two (1.30 times with
-``OPENBLAS_NUM_THREADS=1``, 0.65 s against 0.50 s), is single-threaded
-element-wise work that does not shrink with the hidden layer: writing each
-float32 batch (3 MB), the momentum and weight-decay passes over w1, and some
-thirty small array operations.  Measured and not kept, because epochs were no
-shorter: a float32 copy of all training rows, drawing the next batch in a
-second thread while the current step runs, splitting the draw between two
-threads, and the update of w1 in row blocks that fit the L2 cache.  The limit
-can go once an epoch of the default network is within 1.5 times its products
-on 2 BLAS threads.
+network takes more than the 1.5 times its matrix products alone that is
+asked for (``bench/mlp.py``, part ``epochs``, medians of epochs 2 to 15 in
+three runs on 4 December 2026: 2.65, 2.64 and 1.76 times; 1.24 times for the
+stronger configuration's 1,024 units).  The epoch time has two regimes on
+this machine that last from seconds to minutes while the products' time stays
+put: about 0.40 s (1.4 to 1.6 times products of 0.26 to 0.30 s) and about
+0.75 s.  In the slow one, timing the parts of a step showed drawing batches
+going from 0.05 to 0.23 s an epoch and the momentum steps from about 0.03 to
+0.2 s, the forward and backward products barely changing: the memory-bound
+element-wise work slows down, the compute-bound products do not.  Each step
+draws its batch with one gather of sorted rows from the uint8 rows stacked
+with their mirror images, converts it to float32 in a reused buffer, folds the
+input scaling into the first layer (:class:`_FoldedScaling`) and updates the
+weights block by block (:func:`_momentum_step`); fixing glibc's allocation
+thresholds or making OpenBLAS's idle threads sleep sooner
+(``OPENBLAS_THREAD_TIMEOUT=4``) did not remove the slow regime.  Measured and
+not kept earlier, because epochs were no shorter: a float32 copy of all
+training rows, drawing the next batch in a second thread, splitting the draw
+between two threads.  The limit can go once the median epoch of the default
+network stays within 1.5 times its products over a whole ``epochs`` run.
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ PCA_ROWS = 20_000
 # Rows scaled and evaluated at a time by MLPModel (bounds the float32 temporaries:
 # 8192 rows x 3072 values x 4 bytes = 96 MiB).
 EVAL_ROWS = 8192
+
+# Values of one array updated at a time by _momentum_step: blocks of 128 KiB of
+# float32, so that the blocks of weights, velocity, gradient and
+# preconditioner (512 KiB) stay within a core's L2 cache (1 MiB here).
+UPDATE_VALUES = 32_768
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -794,6 +802,37 @@ class _FoldedScaling:
         dw1 *= self.scale_squared
 
 
+def _momentum_step(
+    p: np.ndarray,
+    v: np.ndarray,
+    g: np.ndarray,
+    lr: float,
+    momentum: float,
+    decay: float,
+    precondition: np.ndarray | None = None,
+) -> None:
+    """One heavy-ball step, in place: ``g *= precondition`` (when given),
+    ``v = momentum * v + g + decay * p``, ``p -= lr * v``; ``g`` is scratch.
+
+    The five passes run block of rows by block of rows (:data:`UPDATE_VALUES`
+    values each), so that each block of the three or four arrays is read from
+    memory once and stays in the core's cache for the other passes.  Element
+    by element the arithmetic is that of whole-array passes, and so are the
+    results, bit for bit.
+    """
+    rows = max(1, UPDATE_VALUES // p.shape[-1])
+    for start in range(0, len(p), rows):
+        block = slice(start, start + rows)
+        pb, vb, gb = p[block], v[block], g[block]
+        if precondition is not None:
+            gb *= precondition[block]
+        vb *= momentum
+        vb += gb
+        if decay:
+            vb += np.multiply(pb, decay, out=gb)
+        pb -= np.multiply(vb, lr, out=gb)
+
+
 def _evaluate(
     params: list[np.ndarray],
     data: np.ndarray,
@@ -1014,6 +1053,8 @@ def train_mlp(
             scaling=batch_scaling,
         )
     velocity = [np.zeros_like(p) for p in params]
+    # Folded, the gradient of w1 on raw rows becomes the step's by this factor.
+    preconditions = (None if folded is None else folded.scale_squared, None, None, None)
     best = [p.copy() for p in params]
     decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
 
@@ -1046,14 +1087,11 @@ def train_mlp(
                     loss, grads, a2 = _cross_entropy_step(
                         w1_raw, folded.bias(w1_raw, b1), w2, b2, x, y, activation, True
                     )
-                    folded.to_raw_gradient(grads.w1)
                 _check_finite(epoch, loss, [], learning_rate)
-                for p, v, g, decay in zip(params, velocity, grads, decays, strict=True):
-                    v *= momentum
-                    v += g
-                    if decay:
-                        v += np.multiply(p, decay, out=g)
-                    p -= np.multiply(v, lr, out=g)
+                for p, v, g, decay, by in zip(
+                    params, velocity, grads, decays, preconditions, strict=True
+                ):
+                    _momentum_step(p, v, g, lr, momentum, decay, by)
 
                 epoch_loss += loss * len(rows)
                 epoch_correct += np.count_nonzero(np.argmax(a2, axis=1) == y)
