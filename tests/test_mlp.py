@@ -240,29 +240,6 @@ def test_momentum_and_weight_decay_follow_the_documented_update():
         np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("precondition", [False, True])
-def test_momentum_step_by_blocks_equals_whole_array_passes(monkeypatch, precondition):
-    rng = np.random.default_rng(5)
-    p, v, g, by = (rng.standard_normal((37, 8), dtype=np.float32) for _ in range(4))
-    lr, mu, decay = 0.07, 0.9, 0.003
-    expected_v = mu * v + (g * by if precondition else g) + decay * p
-    expected_p = p - lr * expected_v
-    want_v, want_p = v.copy(), p.copy()  # the same passes on whole arrays
-    gw = g * by if precondition else g.copy()
-    want_v *= mu
-    want_v += gw
-    want_v += np.multiply(want_p, decay, out=gw)
-    want_p -= np.multiply(want_v, lr, out=gw)
-
-    monkeypatch.setattr(mlp, "UPDATE_VALUES", 40)  # blocks of 5 rows, the last of 2
-    mlp._momentum_step(p, v, g, lr, mu, decay, by if precondition else None)
-
-    np.testing.assert_array_equal(v, want_v)
-    np.testing.assert_array_equal(p, want_p)
-    np.testing.assert_allclose(v, expected_v, rtol=1e-5)
-    np.testing.assert_allclose(p, expected_p, rtol=1e-5)
-
-
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 def test_loss_decreases_on_a_separable_problem(activation):
     data, labels = blobs()

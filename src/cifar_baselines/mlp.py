@@ -37,15 +37,16 @@ going from 0.05 to 0.23 s an epoch and the momentum steps from about 0.03 to
 0.2 s, the forward and backward products barely changing: the memory-bound
 element-wise work slows down, the compute-bound products do not.  Each step
 draws its batch with one gather of sorted rows from the uint8 rows stacked
-with their mirror images, converts it to float32 in a reused buffer, folds the
-input scaling into the first layer (:class:`_FoldedScaling`) and updates the
-weights block by block (:func:`_momentum_step`); fixing glibc's allocation
-thresholds or making OpenBLAS's idle threads sleep sooner
-(``OPENBLAS_THREAD_TIMEOUT=4``) did not remove the slow regime.  Measured and
-not kept earlier, because epochs were no shorter: a float32 copy of all
-training rows, drawing the next batch in a second thread, splitting the draw
-between two threads.  The limit can go once the median epoch of the default
-network stays within 1.5 times its products over a whole ``epochs`` run.
+with their mirror images, converts it to float32 in a reused buffer and folds
+the input scaling into the first layer (:class:`_FoldedScaling`).  Neither
+fixing glibc's allocation thresholds nor making OpenBLAS's idle threads sleep
+sooner (``OPENBLAS_THREAD_TIMEOUT=4``) removed the slow regime, and updating
+w1 in row blocks that fit the L2 cache did not either (the three runs above
+used it; not kept).  Measured and not kept earlier, because epochs were no
+shorter: a float32 copy of all training rows, drawing the next batch in a
+second thread, splitting the draw between two threads.  The limit can go
+once the median epoch of the default network stays within 1.5 times its
+products over a whole ``epochs`` run.
 """
 
 from __future__ import annotations
@@ -82,11 +83,6 @@ PCA_ROWS = 20_000
 # Rows scaled and evaluated at a time by MLPModel (bounds the float32 temporaries:
 # 8192 rows x 3072 values x 4 bytes = 96 MiB).
 EVAL_ROWS = 8192
-
-# Values of one array updated at a time by _momentum_step: blocks of 128 KiB of
-# float32, so that the blocks of weights, velocity, gradient and
-# preconditioner (512 KiB) stay within a core's L2 cache (1 MiB here).
-UPDATE_VALUES = 32_768
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -802,37 +798,6 @@ class _FoldedScaling:
         dw1 *= self.scale_squared
 
 
-def _momentum_step(
-    p: np.ndarray,
-    v: np.ndarray,
-    g: np.ndarray,
-    lr: float,
-    momentum: float,
-    decay: float,
-    precondition: np.ndarray | None = None,
-) -> None:
-    """One heavy-ball step, in place: ``g *= precondition`` (when given),
-    ``v = momentum * v + g + decay * p``, ``p -= lr * v``; ``g`` is scratch.
-
-    The five passes run block of rows by block of rows (:data:`UPDATE_VALUES`
-    values each), so that each block of the three or four arrays is read from
-    memory once and stays in the core's cache for the other passes.  Element
-    by element the arithmetic is that of whole-array passes, and so are the
-    results, bit for bit.
-    """
-    rows = max(1, UPDATE_VALUES // p.shape[-1])
-    for start in range(0, len(p), rows):
-        block = slice(start, start + rows)
-        pb, vb, gb = p[block], v[block], g[block]
-        if precondition is not None:
-            gb *= precondition[block]
-        vb *= momentum
-        vb += gb
-        if decay:
-            vb += np.multiply(pb, decay, out=gb)
-        pb -= np.multiply(vb, lr, out=gb)
-
-
 def _evaluate(
     params: list[np.ndarray],
     data: np.ndarray,
@@ -1053,8 +1018,6 @@ def train_mlp(
             scaling=batch_scaling,
         )
     velocity = [np.zeros_like(p) for p in params]
-    # Folded, the gradient of w1 on raw rows becomes the step's by this factor.
-    preconditions = (None if folded is None else folded.scale_squared, None, None, None)
     best = [p.copy() for p in params]
     decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
 
@@ -1087,11 +1050,14 @@ def train_mlp(
                     loss, grads, a2 = _cross_entropy_step(
                         w1_raw, folded.bias(w1_raw, b1), w2, b2, x, y, activation, True
                     )
+                    folded.to_raw_gradient(grads.w1)
                 _check_finite(epoch, loss, [], learning_rate)
-                for p, v, g, decay, by in zip(
-                    params, velocity, grads, decays, preconditions, strict=True
-                ):
-                    _momentum_step(p, v, g, lr, momentum, decay, by)
+                for p, v, g, decay in zip(params, velocity, grads, decays, strict=True):
+                    v *= momentum
+                    v += g
+                    if decay:
+                        v += np.multiply(p, decay, out=g)
+                    p -= np.multiply(v, lr, out=g)
 
                 epoch_loss += loss * len(rows)
                 epoch_correct += np.count_nonzero(np.argmax(a2, axis=1) == y)
