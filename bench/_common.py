@@ -85,6 +85,7 @@ def machine() -> dict[str, object]:
         for name in (
             "OPENBLAS_CORETYPE",
             "OPENBLAS_NUM_THREADS",
+            "OPENBLAS_THREAD_TIMEOUT",
             "OMP_NUM_THREADS",
             "MKL_NUM_THREADS",
         )

@@ -42,6 +42,10 @@ once on the test split.  Parts:
 
 from __future__ import annotations
 
+import cifar_baselines.blas_threads  # noqa: F401  (sets OpenBLAS up; before numpy)
+
+# isort: split
+
 import argparse
 import sys
 import time

@@ -22,6 +22,10 @@ reads:
   ``mlp_train`` uses ``mlp.hidden_units`` and ``mlp.learning_rate``.
 """
 
+import cifar_baselines.blas_threads  # noqa: F401  (sets OpenBLAS up; before numpy)
+
+# isort: split
+
 import time
 from pathlib import Path
 

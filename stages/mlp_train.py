@@ -20,6 +20,10 @@ kept; the test split is not read.  Writes
 - ``results/mlp.png``: accuracy and loss per epoch, training and validation.
 """
 
+import cifar_baselines.blas_threads  # noqa: F401  (sets OpenBLAS up; before numpy)
+
+# isort: split
+
 import json
 import textwrap
 import time

@@ -5,7 +5,10 @@ links of docs/backprop.md."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,23 +221,35 @@ def test_full_batch_epoch_is_the_tutorial_step():
     assert history.train_loss == [pytest.approx(loss, rel=1e-6)]
 
 
-def test_momentum_and_weight_decay_follow_the_documented_update():
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_momentum_and_weight_decay_follow_the_documented_update(schedule):
+    # Full-batch epochs: one step each, so that with the cosine schedule the
+    # learning rate changes at every step.
     data, labels = blobs(n=50)
     w = [p.astype(np.float64) for p in mlp.init_weights(6, 5, 3, init="he", seed=2)]
-    lr, mu, decay = 0.2, 0.9, 0.05
+    lr, mu, decay, epochs = 0.2, 0.9, 0.05, 4
 
     params, velocity = [p.copy() for p in w], [np.zeros_like(p) for p in w]
-    for _ in range(3):
+    for epoch in range(1, epochs + 1):
+        rate = mlp.learning_rate_at(lr, schedule, epoch, epochs)
         _, grads, _ = mlp.gradients_cross_entropy(
             *params, data, labels, activation="relu"
         )
         for i, g in enumerate(grads):
             decayed = g + (decay * params[i] if i in (0, 2) else 0)
             velocity[i] = mu * velocity[i] + decayed
-            params[i] = params[i] - lr * velocity[i]
+            params[i] = params[i] - rate * velocity[i]
 
     *got, _ = mlp.train_mlp(
-        *w, data, labels, lr, 3, activation="relu", momentum=mu, weight_decay=decay
+        *w,
+        data,
+        labels,
+        lr,
+        epochs,
+        activation="relu",
+        momentum=mu,
+        schedule=schedule,
+        weight_decay=decay,
     )
     for g, p in zip(got, params, strict=True):
         np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5)
@@ -430,20 +445,14 @@ def test_folded_step_gives_the_gradient_of_scaled_rows():
     raw = 3 + 2 * raw
     shift = np.array([3.0, -1.0, 0.5, 2.0, 0.0])
     scale = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
-    folded = mlp._FoldedScaling(shift, scale, d_h=params[0].shape[1])
+    folded = mlp._FoldedScaling(shift, scale)
     w1_raw = folded.to_raw(params[0])
     stacked = np.vstack([-shift, raw])  # the shift row, then the batch
 
     loss, grads, a2 = mlp._cross_entropy_step(
-        w1_raw,
-        folded.bias(w1_raw, params[1]),
-        *params[2:],
-        stacked,
-        labels,
-        "sigmoid",
-        True,
+        w1_raw, *params[1:], stacked, labels, "sigmoid", True
     )
-    folded.to_raw_gradient(grads.w1)
+    raw_gradient = folded.scale_squared * grads.w1  # as train_mlp scales it
     expected_loss, expected, expected_a2 = mlp.gradients_cross_entropy(
         *params, (raw - shift) * scale, labels
     )
@@ -451,7 +460,7 @@ def test_folded_step_gives_the_gradient_of_scaled_rows():
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(a2, expected_a2, rtol=1e-12)
     # The gradient for w1r is scale times that of w1 (docs/backprop.md).
-    np.testing.assert_allclose(grads.w1, scale[:, None] * expected.w1, rtol=1e-10)
+    np.testing.assert_allclose(raw_gradient, scale[:, None] * expected.w1, rtol=1e-10)
     for name in ("b1", "w2", "b2"):
         np.testing.assert_allclose(
             getattr(grads, name), getattr(expected, name), rtol=1e-10
@@ -523,6 +532,29 @@ FIT = dict(
     flip=True,
     seed=7,
 )
+
+
+def test_gradients_written_into_given_arrays_equal_new_ones():
+    params, data, labels, _ = tiny_network()
+    out = mlp.Gradients(*(np.full_like(p, np.nan) for p in params))
+    loss, expected, _ = mlp._cross_entropy_step(*params, data, labels, "relu")
+    got_loss, got, _ = mlp._cross_entropy_step(*params, data, labels, "relu", out=out)
+    assert got_loss == loss
+    for g, o, e in zip(got, out, expected, strict=True):
+        assert g is o
+        np.testing.assert_array_equal(o, e)
+
+
+@pytest.mark.parametrize("validating", [False, True])
+def test_trained_weights_are_separate_arrays(validating):
+    # Training keeps the weights as views of one flat buffer; it returns arrays
+    # of their own.
+    data, labels = blobs(n=60)
+    w = mlp.init_weights(6, 5, 3, init="he", seed=1)
+    val = {"data_val": data[:10], "labels_val": labels[:10]} if validating else {}
+    *got, _ = mlp.train_mlp(*w, data, labels, 0.1, 2, batch_size=16, **val)
+    for name, a in zip(PARAM_NAMES, got, strict=True):
+        assert a.base is None, f"{name} is a view of another array"
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
@@ -719,3 +751,23 @@ def test_backprop_doc_links_point_at_the_code_they_quote():
         name, param, case = test_id
         assert name == "test_gradient_matches_central_differences"
         assert param in PARAM_NAMES and case in CASES
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"), [(None, "4"), ("", ""), ("12", "12")]
+)
+def test_blas_threads_sets_the_openblas_timeout_unless_the_environment_does(
+    environment, expected
+):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if environment is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = environment
+    code = (
+        "import os, cifar_baselines.blas_threads; "
+        "print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{expected}\n"

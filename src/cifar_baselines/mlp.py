@@ -26,27 +26,32 @@ differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
 Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
-network takes more than the 1.5 times its matrix products alone that is
-asked for (``bench/mlp.py``, part ``epochs``, medians of epochs 2 to 15 in
-three runs on 4 December 2026: 2.65, 2.64 and 1.76 times; 1.24 times for the
-stronger configuration's 1,024 units).  The epoch time has two regimes on
-this machine that last from seconds to minutes while the products' time stays
-put: about 0.40 s (1.4 to 1.6 times products of 0.26 to 0.30 s) and about
-0.75 s.  In the slow one, timing the parts of a step showed drawing batches
-going from 0.05 to 0.23 s an epoch and the momentum steps from about 0.03 to
-0.2 s, the forward and backward products barely changing: the memory-bound
-element-wise work slows down, the compute-bound products do not.  Each step
-draws its batch with one gather of sorted rows from the uint8 rows stacked
-with their mirror images, converts it to float32 in a reused buffer and folds
-the input scaling into the first layer (:class:`_FoldedScaling`).  Neither
-fixing glibc's allocation thresholds nor making OpenBLAS's idle threads sleep
-sooner (``OPENBLAS_THREAD_TIMEOUT=4``) removed the slow regime, and updating
-w1 in row blocks that fit the L2 cache did not either (the three runs above
-used it; not kept).  Measured and not kept earlier, because epochs were no
-shorter: a float32 copy of all training rows, drawing the next batch in a
-second thread, splitting the draw between two threads.  The limit can go
-once the median epoch of the default network stays within 1.5 times its
-products over a whole ``epochs`` run.
+network stays within the 1.5 times its matrix products alone that is asked
+for in some runs only (``bench/mlp.py``, part ``epochs``, medians of epochs 2
+to 15 on 4 December 2026: 1.48, 1.48, 1.49, 1.50, 1.61 and 1.73 times in six
+afternoon runs, the last two while other jobs loaded the machine; 1.69, 1.77
+and 1.70 times in three evening runs after the machine was restarted; 1.27 to
+1.50 times for the stronger configuration's 1,024 units).  In a quiet
+afternoon run an epoch's products took about 0.25 s and the rest about
+0.13 s: 0.05 s drawing batches, 0.05 s of momentum and weight-decay steps over
+the 200,000 weights, 0.03 s of small element-wise work; in the evening runs
+the products took 0.22 s and the rest 0.16 to 0.18 s.  That rest is
+memory-bound, and it does not shrink with the products on a faster host nor
+grow as little as they do on a busy one.  What is done against it: each step draws
+its batch with one gather of sorted rows from the uint8 rows stacked with their
+mirror images into a reused float32 buffer; the input scaling and the first
+layer's bias are folded into the first layer's product
+(:class:`_FoldedScaling`); gradients, steps and weights live in preallocated
+flat arrays updated in place; and the stages import
+:mod:`cifar_baselines.blas_threads` first, so that OpenBLAS's idle threads
+sleep at once instead of spinning between the short products (their spinning
+made the memory-bound work three to four times slower for stretches of
+seconds to minutes).  Measured and not kept, because epochs were no shorter: a
+float32 copy of all training rows, drawing the next batch in a second thread,
+splitting the draw or the momentum step between two threads, updating w1 in
+row blocks that fit the L2 cache, 512-row batches (fewer steps, but 1 point
+less validation accuracy).  The limit can go once the median epoch of the
+default network stays within 1.5 times its products in every ``epochs`` run.
 """
 
 from __future__ import annotations
@@ -389,9 +394,20 @@ def _forward(
     data: np.ndarray,
     activation: str,
     output: str,
+    shift_row: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The forward pass on checked arrays; see :func:`forward`."""
-    a1 = data @ w1  # Z1, (n, d_h), overwritten by A1
+    """The forward pass on checked arrays; see :func:`forward`.
+
+    With ``shift_row``, ``data`` (n + 1, d_in) holds a row ``c`` before the n
+    rows ``x`` of the batch, and the first layer sees the rows ``x + c``:
+    ``(x + c) @ w1 = x @ w1 + c @ w1``, both terms from the one product
+    ``data @ w1``.
+    """
+    z1 = data @ w1  # Z1, (n, d_h) or (n + 1, d_h), overwritten by A1
+    a1 = z1
+    if shift_row:
+        a1 = z1[1:]
+        a1 += z1[0]
     a1 += b1
     _IN_PLACE[activation](a1)
 
@@ -445,16 +461,19 @@ def _backward(
     dz2: np.ndarray,
     activation: str,
     shift_row: bool = False,
+    out: Gradients | None = None,
 ) -> Gradients:
     """Back-propagate ``dz2`` = dC/dZ2 through the network (docs/backprop.md).
 
     With ``shift_row``, ``data`` (n + 1, d_in) holds a row ``c`` before the n
     rows ``x`` of the batch, and ``dw1`` is the gradient for the rows
     ``x + c``: ``x.T @ dz1 + c.T @ db1`` (db1 the column sums of dz1), taken
-    in one product as ``data.T @ [db1; dz1]``.
+    in one product as ``data.T @ [db1; dz1]``.  With ``out``, the gradients
+    are written into its arrays, which are returned.
     """
-    dw2 = a1.T @ dz2
-    db2 = dz2.sum(axis=0, keepdims=True)
+    into = out if out is not None else Gradients(None, None, None, None)
+    dw2 = np.matmul(a1.T, dz2, out=into.w2)
+    db2 = np.sum(dz2, axis=0, keepdims=True, out=into.b2)
 
     first = int(shift_row)  # the row of `stacked` where dz1 starts
     stacked = np.empty((first + len(a1), a1.shape[1]), a1.dtype)
@@ -463,10 +482,11 @@ def _backward(
         dz1 = np.multiply(da1, a1 * (1 - a1), out=da1)  # σ'(Z1) = A1 (1 - A1)
     else:
         dz1 = np.multiply(da1, a1 > 0, out=da1)  # ReLU'(Z1) = 1 where Z1 > 0
-    db1 = dz1.sum(axis=0, keepdims=True)
+    db1 = np.sum(dz1, axis=0, keepdims=True, out=into.b1)
     if shift_row:
         stacked[0] = db1
-    dw1 = data.T @ stacked  # data.T @ dz1, or data.T @ [db1; dz1]
+    # data.T @ dz1, or data.T @ [db1; dz1]
+    dw1 = np.matmul(data.T, stacked, out=into.w1)
     return Gradients(dw1, db1, dw2, db2)
 
 
@@ -479,21 +499,22 @@ def _cross_entropy_step(
     labels: np.ndarray,
     activation: str,
     shift_row: bool = False,
+    out: Gradients | None = None,
 ) -> tuple[float, Gradients, np.ndarray]:
     """Loss, gradients and probabilities on checked arrays.
 
     With ``shift_row``, the batch is ``data[1:]`` and ``data[0]`` a row added
-    to each of its rows for the gradient of w1 (see :func:`_backward`).
+    to each of its rows (see :func:`_forward` and :func:`_backward`).  With
+    ``out``, the gradients are written into its arrays.
     """
-    batch = data[1:] if shift_row else data
-    a1, a2 = _forward(w1, b1, w2, b2, batch, activation, "softmax")
+    a1, a2 = _forward(w1, b1, w2, b2, data, activation, "softmax", shift_row)
     loss = _cross_entropy(a2, labels)
 
-    n = len(batch)
+    n = len(a2)
     dz2 = a2.copy()
     dz2[np.arange(n), labels] -= 1  # A2 - Y
     dz2 /= n
-    return loss, _backward(w2, data, a1, dz2, activation, shift_row), a2
+    return loss, _backward(w2, data, a1, dz2, activation, shift_row, out), a2
 
 
 def gradients_mse(
@@ -764,7 +785,8 @@ class _FoldedScaling:
     ``scale**2`` is ``scale[:, None]`` times the gradient of w1 on scaled rows,
     so that each momentum step on ``w1r`` is the step on w1 (the weight-decay
     term ``decay * w1r`` is ``scale[:, None]`` times ``decay * w1`` too).
-    ``docs/backprop.md`` derives it.
+    :func:`train_mlp` multiplies the gradients by ``scale**2`` and the learning
+    rate in one pass.  ``docs/backprop.md`` derives it.
     """
 
     # In float32, x @ w1r - shift @ w1r cancels about log2(|shift * scale|) bits
@@ -772,12 +794,10 @@ class _FoldedScaling:
     # CIFAR-10, standardised, stay below 3).
     LIMIT = 100.0
 
-    def __init__(self, shift: np.ndarray, scale: np.ndarray, d_h: int) -> None:
+    def __init__(self, shift: np.ndarray, scale: np.ndarray) -> None:
         self.shift = shift
         self.scale = scale[:, np.newaxis]  # (d_in, 1)
-        # (d_in, d_h), not a column: multiplying the gradient by a column
-        # broadcast along rows of 64 values took twice as long.
-        self.scale_squared = np.repeat(np.square(self.scale), d_h, axis=1)
+        self.scale_squared = np.square(self.scale)
 
     @classmethod
     def accurate(cls, shift: np.ndarray, scale: np.ndarray) -> bool:
@@ -788,14 +808,6 @@ class _FoldedScaling:
 
     def to_scaled(self, w1_raw: np.ndarray) -> np.ndarray:
         return w1_raw / self.scale
-
-    def bias(self, w1_raw: np.ndarray, b1: np.ndarray) -> np.ndarray:
-        """The first layer's bias on raw rows, (1, d_h)."""
-        return b1 - self.shift @ w1_raw
-
-    def to_raw_gradient(self, dw1: np.ndarray) -> None:
-        """Turn ``(x - shift).T @ dz1`` into the step's gradient for w1r, in place."""
-        dw1 *= self.scale_squared
 
 
 def _evaluate(
@@ -992,15 +1004,25 @@ def train_mlp(
         data_train = data_train.astype(np.float32, copy=False)
         if data_train_flipped is not None:
             data_train_flipped = data_train_flipped.astype(np.float32, copy=False)
-    params = [np.array(p, dtype=np.float32) for p in (w1, b1, w2, b2)]
+    # The weights, their steps and a step's gradients: each a flat float32
+    # array and views of it shaped as w1, b1, w2, b2, so that a momentum step
+    # is a few whole-array operations and a step's products write their
+    # gradients in place.
+    shapes = [np.shape(p) for p in (w1, b1, w2, b2)]
+    flat, params = _packed(shapes)
+    for p, initial in zip(params, (w1, b1, w2, b2), strict=True):
+        p[...] = initial
+    steps_flat, steps = _packed(shapes)
+    grads_flat, grads = _packed(shapes)
+    grads = Gradients(*grads)
 
     # Raw mini-batches: fold the scaling into the first layer when that is
     # accurate in float32, else scale each batch as it is drawn.
     folded = batch_scaling = None
     if raw and not full_batch:
         if _FoldedScaling.accurate(*scaling):
-            folded = _FoldedScaling(*scaling, d_h=w1.shape[1])
-            params[0] = folded.to_raw(params[0])
+            folded = _FoldedScaling(*scaling)
+            params[0][...] = folded.to_raw(params[0])
         else:
             batch_scaling = scaling
     size = n_train if full_batch else batch_size
@@ -1017,9 +1039,14 @@ def train_mlp(
             first_row=None if folded is None else -folded.shift,
             scaling=batch_scaling,
         )
-    velocity = [np.zeros_like(p) for p in params]
     best = [p.copy() for p in params]
-    decays = (weight_decay, 0.0, weight_decay, 0.0)  # no decay on the biases
+    decayed = (0, 2) if weight_decay else ()  # w1 and w2; not the biases
+    # What multiplies a step's gradients: the learning rate, and with the
+    # folded scaling, scale**2 on w1's rows as well (one array, set each epoch).
+    gradient_scale = scale_views = None
+    if folded is not None:
+        gradient_scale, scale_views = _packed(shapes)
+    lr = 0.0
 
     rng = np.random.default_rng([seed, TRAINING])
     history = History()
@@ -1027,7 +1054,13 @@ def train_mlp(
 
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked below
         for epoch in range(1, num_epoch + 1):
+            previous_lr = lr
             lr = learning_rate_at(learning_rate, schedule, epoch, num_epoch)
+            if epoch > 1 and lr != previous_lr:
+                steps_flat *= lr / previous_lr  # a step is lr times a velocity
+            if gradient_scale is not None:
+                gradient_scale.fill(lr)
+                np.multiply(folded.scale_squared, lr, out=scale_views[0])
             order = np.arange(n_train) if full_batch else rng.permutation(n_train)
             epoch_loss = epoch_correct = 0.0
 
@@ -1041,23 +1074,22 @@ def train_mlp(
                     x = x if folded else x[1:]
                 y = labels_train[rows]
 
-                # Gradients, then the momentum step in place; grads serve as
-                # scratch space once velocity has them.
-                if folded is None:
-                    loss, grads, a2 = _cross_entropy_step(*params, x, y, activation)
-                else:
-                    w1_raw, b1, w2, b2 = params
-                    loss, grads, a2 = _cross_entropy_step(
-                        w1_raw, folded.bias(w1_raw, b1), w2, b2, x, y, activation, True
-                    )
-                    folded.to_raw_gradient(grads.w1)
+                # Gradients, then the momentum step in place (docs/backprop.md):
+                # v <- momentum v + g + weight_decay w and w <- w - lr v, with
+                # the step u = lr v kept instead of v, which spares a pass over
+                # the weights: u <- momentum u + lr (g + weight_decay w),
+                # w <- w - u.  The gradients serve as scratch space once the
+                # step has them.
+                loss, _, a2 = _cross_entropy_step(
+                    *params, x, y, activation, folded is not None, grads
+                )
                 _check_finite(epoch, loss, [], learning_rate)
-                for p, v, g, decay in zip(params, velocity, grads, decays, strict=True):
-                    v *= momentum
-                    v += g
-                    if decay:
-                        v += np.multiply(p, decay, out=g)
-                    p -= np.multiply(v, lr, out=g)
+                grads_flat *= lr if gradient_scale is None else gradient_scale
+                steps_flat *= momentum
+                steps_flat += grads_flat
+                for i in decayed:
+                    steps[i] += np.multiply(params[i], lr * weight_decay, out=grads[i])
+                flat -= steps_flat
 
                 epoch_loss += loss * len(rows)
                 epoch_correct += np.count_nonzero(np.argmax(a2, axis=1) == y)
@@ -1085,8 +1117,19 @@ def train_mlp(
                 on_epoch(epoch, metrics | {"learning_rate": lr})
 
     if not validating:
-        history.best_epoch, best = num_epoch, scaled
+        history.best_epoch, best = num_epoch, [p.copy() for p in scaled]
     return (*best, history)
+
+
+def _packed(shapes: list[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A flat float32 array of zeros, and views of it shaped as ``shapes``, in turn."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = np.zeros(sum(sizes), np.float32)
+    views, start = [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        views.append(flat[start : start + size].reshape(shape))
+        start += size
+    return flat, views
 
 
 def test_mlp(
