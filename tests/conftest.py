@@ -60,6 +60,34 @@ def set_params(workdir: Path, **sections: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
+def stage_workdir(
+    workdir: Path, n_train: int, n_test: int, **sections: dict[str, Any]
+) -> Path:
+    """Make ``workdir`` ready for the stages after ``features``.
+
+    Writes the repository's ``params.yaml`` with ``sections`` set, random
+    uint8 images and shuffled, balanced labels in
+    ``data/prepared``, and the same images in ``data/features``, as
+    ``features.kind: raw`` writes them.  Returns ``workdir``.
+    """
+    (workdir / "params.yaml").write_text(
+        (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    set_params(workdir, **sections)
+    rng = np.random.default_rng(0)
+    prepared = workdir / "data" / "prepared"
+    features = workdir / "data" / "features"
+    prepared.mkdir(parents=True)
+    features.mkdir(parents=True)
+    for part, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, size=(n, N_FEATURES), dtype=np.uint8)
+        labels = rng.permutation(np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
+        np.save(prepared / f"{part}_images.npy", images)
+        np.save(features / f"{part}_features.npy", images)
+        np.save(prepared / f"{part}_labels.npy", labels)
+    return workdir
+
+
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
 
 

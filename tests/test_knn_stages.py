@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_stage, set_params
+from conftest import run_stage, set_params, stage_workdir
 from scipy.spatial.distance import cdist
 
 from cifar_baselines import knn
@@ -31,23 +31,9 @@ def leftovers(workdir: Path) -> list[Path]:
 def workdir(tmp_path: Path) -> Path:
     """The repository's params.yaml (CV off), a tiny data/prepared and the
     data/features that ``features.kind: raw`` makes of it (the same files)."""
-    (tmp_path / "params.yaml").write_text(
-        (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    return stage_workdir(
+        tmp_path, N_TRAIN, N_TEST, knn={"k_values": K_VALUES}, cv={"folds": 0}
     )
-    set_params(tmp_path, knn={"k_values": K_VALUES}, cv={"folds": 0})
-
-    rng = np.random.default_rng(0)
-    prepared = tmp_path / "data" / "prepared"
-    features = tmp_path / "data" / "features"
-    prepared.mkdir(parents=True)
-    features.mkdir(parents=True)
-    for part, n in (("train", N_TRAIN), ("test", N_TEST)):
-        images = rng.integers(0, 256, size=(n, N_FEATURES), dtype=np.uint8)
-        labels = (np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
-        np.save(prepared / f"{part}_images.npy", images)
-        np.save(features / f"{part}_features.npy", images)
-        np.save(prepared / f"{part}_labels.npy", rng.permutation(labels))
-    return tmp_path
 
 
 def load(workdir: Path, part: str, what: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_stage, set_params
+from conftest import run_stage, set_params, stage_workdir
 
 from cifar_baselines import mlp
 from cifar_baselines.read_cifar import CLASS_NAMES
@@ -30,22 +30,8 @@ def workdir(tmp_path: Path) -> Path:
     """The repository's params.yaml (a small network), a tiny data/prepared,
     the data/features that ``features.kind: raw`` makes of it, and the report
     of ``mlp_cv`` with the grid search off."""
-    (tmp_path / "params.yaml").write_text(
-        (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"
-    )
-    set_params(tmp_path, mlp={"hidden_units": 8, "epochs": EPOCHS, "batch_size": 32})
-
-    rng = np.random.default_rng(0)
-    prepared = tmp_path / "data" / "prepared"
-    features = tmp_path / "data" / "features"
-    prepared.mkdir(parents=True)
-    features.mkdir(parents=True)
-    for part, n in (("train", N_TRAIN), ("test", N_TEST)):
-        images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.permutation(np.arange(n) % len(CLASS_NAMES)).astype(np.int64)
-        np.save(prepared / f"{part}_images.npy", images)
-        np.save(features / f"{part}_features.npy", images)
-        np.save(prepared / f"{part}_labels.npy", labels)
+    network = {"hidden_units": 8, "epochs": EPOCHS, "batch_size": 32}
+    stage_workdir(tmp_path, N_TRAIN, N_TEST, mlp=network)
     (tmp_path / CV_REPORT).parent.mkdir(parents=True)
     (tmp_path / CV_REPORT).write_text('{"cross_validated": false}\n')
     return tmp_path
