@@ -255,6 +255,49 @@ def test_momentum_and_weight_decay_follow_the_documented_update(schedule):
         np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5)
 
 
+def test_mini_batches_with_flips_follow_the_documented_draws():
+    # Several steps an epoch, so that each batch after the first is drawn by
+    # the second thread while the step before it updates the weights.  The
+    # reference draws the same rows and flips from the same random stream:
+    # rng.permutation(n) per epoch, then rng.random(b) < 0.5 per batch.
+    data, labels = blobs(n=70)
+    flipped = -2 * data  # a "mirror image" of each row that changes the result
+    w = [p.astype(np.float64) for p in mlp.init_weights(6, 5, 3, init="he", seed=4)]
+    lr, mu, decay, epochs, batch, seed = 0.05, 0.9, 0.01, 3, 16, 9
+
+    params, velocity = [p.copy() for p in w], [np.zeros_like(p) for p in w]
+    rng = np.random.default_rng([seed, mlp.TRAINING])
+    for _ in range(epochs):
+        order = rng.permutation(len(data))
+        batches = [order[i : i + batch] for i in range(0, len(data), batch)]
+        flips = [rng.random(len(rows)) < 0.5 for rows in batches]
+        for rows, mirrored in zip(batches, flips, strict=True):
+            x = np.where(mirrored[:, None], flipped[rows], data[rows])
+            _, grads, _ = mlp.gradients_cross_entropy(
+                *params, x.astype(np.float64), labels[rows]
+            )
+            for i, g in enumerate(grads):
+                decayed = g + (decay * params[i] if i in (0, 2) else 0)
+                velocity[i] = mu * velocity[i] + decayed
+                params[i] = params[i] - lr * velocity[i]
+
+    *got, _ = mlp.train_mlp(
+        *w,
+        data,
+        labels,
+        lr,
+        epochs,
+        batch_size=batch,
+        momentum=mu,
+        weight_decay=decay,
+        flip=True,
+        data_train_flipped=flipped,
+        seed=seed,
+    )
+    for g, p in zip(got, params, strict=True):
+        np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 def test_loss_decreases_on_a_separable_problem(activation):
     data, labels = blobs()

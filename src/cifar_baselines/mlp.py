@@ -26,32 +26,32 @@ differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
 Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
-network stays within the 1.5 times its matrix products alone that is asked
-for in some runs only (``bench/mlp.py``, part ``epochs``, medians of epochs 2
-to 15 on 4 December 2026: 1.48, 1.48, 1.49, 1.50, 1.61 and 1.73 times in six
-afternoon runs, the last two while other jobs loaded the machine; 1.69, 1.77
-and 1.70 times in three evening runs after the machine was restarted; 1.27 to
-1.50 times for the stronger configuration's 1,024 units).  In a quiet
-afternoon run an epoch's products took about 0.25 s and the rest about
-0.13 s: 0.05 s drawing batches, 0.05 s of momentum and weight-decay steps over
-the 200,000 weights, 0.03 s of small element-wise work; in the evening runs
-the products took 0.22 s and the rest 0.16 to 0.18 s.  That rest is
-memory-bound, and it does not shrink with the products on a faster host nor
-grow as little as they do on a busy one.  What is done against it: each step draws
-its batch with one gather of sorted rows from the uint8 rows stacked with their
-mirror images into a reused float32 buffer; the input scaling and the first
+network takes a little more than the 1.5 times its matrix products alone that
+is asked for (``bench/mlp.py``, part ``epochs``, medians of the epochs after
+the first in four runs on the evening of 4 December 2026: 1.54, 1.56, 1.51 and
+1.56 times, epochs of 0.36 s against products of 0.23 to 0.24 s; 1.40 to 1.44
+times for the stronger configuration's 1,024 units).  The rest of an epoch is
+memory-bound work on one core: drawing batches (about 0.05 s: gathering the
+uint8 rows, converting them to float32), the momentum and weight-decay steps
+over the 200,000 weights (about 0.05 s) and the small element-wise work around
+the products (about 0.03 s).  What is done against it: each step draws its
+batch with one gather of sorted rows from the uint8 rows stacked with their
+mirror images into a reused float32 buffer, and a second thread draws the next
+batch while this one makes the momentum step; the input scaling and the first
 layer's bias are folded into the first layer's product
 (:class:`_FoldedScaling`); gradients, steps and weights live in preallocated
 flat arrays updated in place; and the stages import
 :mod:`cifar_baselines.blas_threads` first, so that OpenBLAS's idle threads
 sleep at once instead of spinning between the short products (their spinning
 made the memory-bound work three to four times slower for stretches of
-seconds to minutes).  Measured and not kept, because epochs were no shorter: a
-float32 copy of all training rows, drawing the next batch in a second thread,
-splitting the draw or the momentum step between two threads, updating w1 in
-row blocks that fit the L2 cache, 512-row batches (fewer steps, but 1 point
-less validation accuracy).  The limit can go once the median epoch of the
-default network stays within 1.5 times its products in every ``epochs`` run.
+seconds to minutes, and left no core free for the second thread).  Measured
+and not kept, because epochs were longer or no shorter: drawing the next batch
+while the products run (they then compete for the two cores), a float32 copy
+of all training rows, splitting the momentum step between two threads, the
+momentum step as BLAS ``saxpy`` calls, updating w1 in row blocks that fit the
+L2 cache, 512-row batches (fewer steps, but 1 point less validation accuracy).
+The limit can go once the median epoch of the default network stays within
+1.5 times its products in every ``epochs`` run.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -1052,7 +1054,15 @@ def train_mlp(
     history = History()
     best_accuracy = -1.0
 
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked below
+    # Overflow and invalid values are let through: divergence is checked below.
+    with np.errstate(over="ignore", invalid="ignore"), ExitStack() as stack:
+        # With more than one step an epoch, a second thread draws the next
+        # batch while this one updates the weights: both are work on one core,
+        # and they overlap.  The drawer has one buffer, which the step has read
+        # for the last time in its backward pass, before the draw starts.
+        prefetch = None
+        if drawer is not None and not full_batch:
+            prefetch = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         for epoch in range(1, num_epoch + 1):
             previous_lr = lr
             lr = learning_rate_at(learning_rate, schedule, epoch, num_epoch)
@@ -1064,13 +1074,17 @@ def train_mlp(
             order = np.arange(n_train) if full_batch else rng.permutation(n_train)
             epoch_loss = epoch_correct = 0.0
 
-            for start in range(0, n_train, size):
-                rows = order[start : start + size]
+            batches = [order[start : start + size] for start in range(0, n_train, size)]
+            flips = [rng.random(len(rows)) < 0.5 if flip else None for rows in batches]
+            drawn = None  # the next batch, being drawn by `prefetch`
+            for step, rows in enumerate(batches):
                 if drawer is None:
                     x = data_train  # one full-batch step, no flips: no copy
                 else:
-                    mirrored = rng.random(len(rows)) < 0.5 if flip else None
-                    x, rows = drawer.draw(rows, mirrored)
+                    if drawn is None:
+                        x, rows = drawer.draw(rows, flips[step])
+                    else:
+                        x, rows = drawn.result()
                     x = x if folded else x[1:]
                 y = labels_train[rows]
 
@@ -1083,6 +1097,10 @@ def train_mlp(
                 loss, _, a2 = _cross_entropy_step(
                     *params, x, y, activation, folded is not None, grads
                 )
+                drawn = None  # x is not read again: draw the next batch into it
+                if prefetch is not None and step + 1 < len(batches):
+                    after = step + 1
+                    drawn = prefetch.submit(drawer.draw, batches[after], flips[after])
                 _check_finite(epoch, loss, [], learning_rate)
                 grads_flat *= lr if gradient_scale is None else gradient_scale
                 steps_flat *= momentum
