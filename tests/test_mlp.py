@@ -221,6 +221,15 @@ def test_full_batch_epoch_is_the_tutorial_step():
     assert history.train_loss == [pytest.approx(loss, rel=1e-6)]
 
 
+def momentum_step(params, velocity, grads, rate, mu, decay):
+    """The documented update, in place on the lists: v <- mu v + g + decay w
+    (decay on w1 and w2 only), then w <- w - rate v."""
+    for i, g in enumerate(grads):
+        decayed = g + (decay * params[i] if i in (0, 2) else 0)
+        velocity[i] = mu * velocity[i] + decayed
+        params[i] = params[i] - rate * velocity[i]
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_momentum_and_weight_decay_follow_the_documented_update(schedule):
     # Full-batch epochs: one step each, so that with the cosine schedule the
@@ -235,10 +244,7 @@ def test_momentum_and_weight_decay_follow_the_documented_update(schedule):
         _, grads, _ = mlp.gradients_cross_entropy(
             *params, data, labels, activation="relu"
         )
-        for i, g in enumerate(grads):
-            decayed = g + (decay * params[i] if i in (0, 2) else 0)
-            velocity[i] = mu * velocity[i] + decayed
-            params[i] = params[i] - rate * velocity[i]
+        momentum_step(params, velocity, grads, rate, mu, decay)
 
     *got, _ = mlp.train_mlp(
         *w,
@@ -276,10 +282,7 @@ def test_mini_batches_with_flips_follow_the_documented_draws():
             _, grads, _ = mlp.gradients_cross_entropy(
                 *params, x.astype(np.float64), labels[rows]
             )
-            for i, g in enumerate(grads):
-                decayed = g + (decay * params[i] if i in (0, 2) else 0)
-                velocity[i] = mu * velocity[i] + decayed
-                params[i] = params[i] - lr * velocity[i]
+            momentum_step(params, velocity, grads, lr, mu, decay)
 
     *got, _ = mlp.train_mlp(
         *w,
