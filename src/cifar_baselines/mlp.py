@@ -28,30 +28,31 @@ Python loop over samples: every step is a handful of matrix products.
 Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
 network takes a little more than the 1.5 times its matrix products alone that
 is asked for (``bench/mlp.py``, part ``epochs``, medians of the epochs after
-the first in four runs on the evening of 4 December 2026: 1.54, 1.56, 1.51 and
-1.56 times, epochs of 0.36 s against products of 0.23 to 0.24 s; 1.40 to 1.44
-times for the stronger configuration's 1,024 units).  The rest of an epoch is
-memory-bound work on one core: drawing batches (about 0.05 s: gathering the
-uint8 rows, converting them to float32), the momentum and weight-decay steps
-over the 200,000 weights (about 0.05 s) and the small element-wise work around
-the products (about 0.03 s).  What is done against it: each step draws its
-batch with one gather of sorted rows from the uint8 rows stacked with their
-mirror images into a reused float32 buffer, and a second thread draws the next
-batch while this one makes the momentum step; the input scaling and the first
-layer's bias are folded into the first layer's product
+the first in six runs on the evening of 4 December 2026: 1.56, 1.54, 1.56,
+1.51, 1.55 and 1.58 times, epochs of 0.35 to 0.36 s against products of 0.22 to
+0.24 s; 1.40 to 1.44 times for the stronger configuration's 1,024 units).  The
+rest of an epoch is memory-bound work on one core: drawing batches (about
+0.05 s: gathering the uint8 rows, converting them to float32), the momentum and
+weight-decay steps over the 200,000 weights (about 0.05 s) and the small
+element-wise work around the products (about 0.03 s).  What is done against it:
+each step draws its batch with one gather of sorted rows from the uint8 rows
+stacked with their mirror images into a reused float32 buffer, and a second
+thread draws the next batch while this one makes the momentum step; the input
+scaling and the first layer's bias are folded into the first layer's product
 (:class:`_FoldedScaling`); gradients, steps and weights live in preallocated
 flat arrays updated in place; and the stages import
 :mod:`cifar_baselines.blas_threads` first, so that OpenBLAS's idle threads
 sleep at once instead of spinning between the short products (their spinning
-made the memory-bound work three to four times slower for stretches of
-seconds to minutes, and left no core free for the second thread).  Measured
-and not kept, because epochs were longer or no shorter: drawing the next batch
-while the products run (they then compete for the two cores), a float32 copy
-of all training rows, splitting the momentum step between two threads, the
-momentum step as BLAS ``saxpy`` calls, updating w1 in row blocks that fit the
-L2 cache, 512-row batches (fewer steps, but 1 point less validation accuracy).
-The limit can go once the median epoch of the default network stays within
-1.5 times its products in every ``epochs`` run.
+made the memory-bound work three to four times slower for stretches of seconds
+to minutes, and left no core free for the second thread).  Measured and not
+kept, because epochs were longer or no shorter: drawing the next batch while
+the products run (they then compete for the two cores), sharing the draw
+between the two threads in chunks of rows, a float32 copy of all training rows,
+splitting the momentum step between two threads, the momentum step as BLAS
+``saxpy`` calls, updating w1 in row blocks that fit the L2 cache, 512-row
+batches (fewer steps, but 1 point less validation accuracy).  The limit can
+go once the median epoch of the default network stays within 1.5 times its
+products in every ``epochs`` run.
 """
 
 from __future__ import annotations
