@@ -66,9 +66,9 @@ def stage_workdir(
     """Make ``workdir`` ready for the stages after ``features``.
 
     Writes the repository's ``params.yaml`` with ``sections`` set, random
-    uint8 images and shuffled, balanced labels in
-    ``data/prepared``, and the same images in ``data/features``, as
-    ``features.kind: raw`` writes them.  Returns ``workdir``.
+    uint8 images and shuffled, balanced labels in ``data/prepared``, and the
+    same images in ``data/features``, as ``features.kind: raw`` writes them.
+    Returns ``workdir``.
     """
     (workdir / "params.yaml").write_text(
         (REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8"

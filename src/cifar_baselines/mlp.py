@@ -1062,7 +1062,7 @@ def train_mlp(
         # and they overlap.  The drawer has one buffer, which the step has read
         # for the last time in its backward pass, before the draw starts.
         prefetch = None
-        if drawer is not None and not full_batch:
+        if not full_batch:  # mini-batches always have a drawer
             prefetch = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         for epoch in range(1, num_epoch + 1):
             previous_lr = lr
@@ -1089,12 +1089,6 @@ def train_mlp(
                     x = x if folded else x[1:]
                 y = labels_train[rows]
 
-                # Gradients, then the momentum step in place (docs/backprop.md):
-                # v <- momentum v + g + weight_decay w and w <- w - lr v, with
-                # the step u = lr v kept instead of v, which spares a pass over
-                # the weights: u <- momentum u + lr (g + weight_decay w),
-                # w <- w - u.  The gradients serve as scratch space once the
-                # step has them.
                 loss, _, a2 = _cross_entropy_step(
                     *params, x, y, activation, folded is not None, grads
                 )
@@ -1103,6 +1097,13 @@ def train_mlp(
                     after = step + 1
                     drawn = prefetch.submit(drawer.draw, batches[after], flips[after])
                 _check_finite(epoch, loss, [], learning_rate)
+
+                # The momentum step in place (docs/backprop.md):
+                # v <- momentum v + g + weight_decay w and w <- w - lr v, with
+                # the step u = lr v kept instead of v, which spares a pass over
+                # the weights: u <- momentum u + lr (g + weight_decay w),
+                # w <- w - u.  The gradients serve as scratch space once the
+                # step has them.
                 grads_flat *= lr if gradient_scale is None else gradient_scale
                 steps_flat *= momentum
                 steps_flat += grads_flat
