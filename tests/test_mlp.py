@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -262,8 +263,8 @@ def test_momentum_and_weight_decay_follow_the_documented_update(schedule):
 
 
 def test_mini_batches_with_flips_follow_the_documented_draws():
-    # Several steps an epoch, so that each batch after the first is drawn by
-    # the second thread while the step before it updates the weights.  The
+    # Several steps an epoch, so that the second thread draws batches two
+    # steps ahead into its two buffers, each reused every other step.  The
     # reference draws the same rows and flips from the same random stream:
     # rng.permutation(n) per epoch, then rng.random(b) < 0.5 per batch.
     data, labels = blobs(n=70)
@@ -299,6 +300,31 @@ def test_mini_batches_with_flips_follow_the_documented_draws():
     )
     for g, p in zip(got, params, strict=True):
         np.testing.assert_allclose(g, p, rtol=1e-4, atol=1e-5)
+
+
+def test_draws_ahead_keep_a_batch_until_its_step_releases_it():
+    # Row i of the source holds the value i, so that a batch's rows tell
+    # which rows were drawn; 2 * AHEAD + 1 batches reuse each buffer twice.
+    n, size = 40, 4
+    source = np.repeat(np.arange(n, dtype=np.uint8)[:, None], 3, axis=1)
+    drawer = mlp._BatchDrawer(source, n, size, buffers=mlp.AHEAD)
+    order = np.random.default_rng(1).permutation(n)
+    batches = [order[i : i + size] for i in range(0, (2 * mlp.AHEAD + 1) * size, size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = mlp._DrawAhead(drawer, pool)
+        ahead.start(batches, [None] * len(batches))
+        taken = []
+        for step, rows in enumerate(batches):
+            x, drawn_rows = ahead.take()
+            np.testing.assert_array_equal(np.sort(rows), drawn_rows)
+            taken.append((x, x.copy()))
+            if step >= mlp.AHEAD - 1:
+                # Every batch not yet released still holds its rows.
+                for held, copy in taken[step - mlp.AHEAD + 1 :]:
+                    np.testing.assert_array_equal(held, copy)
+                ahead.release(step - mlp.AHEAD + 1)
+            np.testing.assert_array_equal(x[1:, 0], np.sort(rows))
+        assert not ahead.pending
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])

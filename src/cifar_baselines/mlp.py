@@ -25,42 +25,45 @@ them, and ``tests/test_mlp.py`` checks them against central finite
 differences in float64.  Training runs in float32 with in-place updates and no
 Python loop over samples: every step is a handful of matrix products.
 
-Known limit: with OpenBLAS on 2 threads, an epoch of the default 64-unit
-network takes a little more than the 1.5 times its matrix products alone that
-is asked for (``bench/mlp.py``, part ``epochs``, medians of the epochs after
-the first in six runs on the evening of 4 December 2026: 1.56, 1.54, 1.56,
-1.51, 1.55 and 1.58 times, epochs of 0.35 to 0.36 s against products of 0.22 to
-0.24 s; 1.40 to 1.44 times for the stronger configuration's 1,024 units).  The
-rest of an epoch is memory-bound work on one core: drawing batches (about
-0.05 s: gathering the uint8 rows, converting them to float32), the momentum and
-weight-decay steps over the 200,000 weights (about 0.05 s) and the small
-element-wise work around the products (about 0.03 s).  What is done against it:
-each step draws its batch with one gather of sorted rows from the uint8 rows
-stacked with their mirror images into a reused float32 buffer, and a second
-thread draws the next batch while this one makes the momentum step; the input
-scaling and the first layer's bias are folded into the first layer's product
+Speed: with OpenBLAS on 2 threads, an epoch of the default 64-unit network
+takes 1.43 to 1.48 times its matrix products alone (``bench/mlp.py``, part
+``epochs``, medians of the epochs after the first in seven runs on the
+evening of 4 December 2026: epochs of 0.33 to 0.35 s against products of 0.23
+to 0.24 s), and an epoch of the stronger configuration's 1,024 units 1.40 to
+1.44 times.  The rest of an epoch is memory-bound work on one core: drawing
+batches (gathering the uint8 rows, converting them to float32), the momentum
+and weight-decay steps over the 200,000 weights, and the small element-wise
+work around the products.  What keeps it short: each step draws its batch
+with one gather of sorted rows from the uint8 rows stacked with their mirror
+images; a second thread draws each batch two steps ahead, into one of two
+float32 buffers, so that the draw overlaps the momentum steps and element-wise
+work of the steps before it (:class:`_DrawAhead`); the input scaling and the
+first layer's bias are folded into the first layer's product
 (:class:`_FoldedScaling`); gradients, steps and weights live in preallocated
 flat arrays updated in place; and the stages import
 :mod:`cifar_baselines.blas_threads` first, so that OpenBLAS's idle threads
 sleep at once instead of spinning between the short products (their spinning
 made the memory-bound work three to four times slower for stretches of seconds
 to minutes, and left no core free for the second thread).  Measured and not
-kept, because epochs were longer or no shorter: drawing the next batch while
-the products run (they then compete for the two cores), sharing the draw
-between the two threads in chunks of rows, a float32 copy of all training rows,
-splitting the momentum step between two threads, the momentum step as BLAS
-``saxpy`` calls, updating w1 in row blocks that fit the L2 cache, 512-row
-batches (fewer steps, but 1 point less validation accuracy).  The limit can
-go once the median epoch of the default network stays within 1.5 times its
-products in every ``epochs`` run.
+kept, because epochs were longer or no shorter: drawing only the next batch,
+into one buffer, while this thread makes the momentum step (1.51 to 1.58
+times in six runs), three buffers instead of two, the drawing thread at the
+idle scheduling priority, drawing the next batch while the products run (they
+then compete for the two cores), sharing the draw between the two threads in
+chunks of rows, a float32 copy of all training rows, splitting the momentum
+step between two threads, the momentum step as BLAS ``saxpy`` calls (and,
+timed alone, as one matrix-vector product over the stacked step, gradient and
+weight arrays: twice as slow), updating w1 in row blocks that fit the L2
+cache, 512-row batches (fewer steps, but 1 point less validation accuracy).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -91,6 +94,10 @@ PCA_ROWS = 20_000
 # Rows scaled and evaluated at a time by MLPModel (bounds the float32 temporaries:
 # 8192 rows x 3072 values x 4 bytes = 96 MiB).
 EVAL_ROWS = 8192
+
+# Mini-batches are drawn this many steps ahead of the step that takes them, by
+# a second thread (see train_mlp), into as many buffers.
+AHEAD = 2
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -238,6 +245,13 @@ def _softmax_(z: np.ndarray) -> np.ndarray:
 
 _IN_PLACE = {"sigmoid": _sigmoid_, "relu": _relu_, "softmax": _softmax_}
 
+# The smallest positive normal number of each float dtype: the floor of a
+# probability whose logarithm is taken.
+_TINY = {
+    np.dtype(t): np.finfo(t).tiny
+    for t in (np.float16, np.float32, np.float64, np.longdouble)
+}
+
 
 def sigmoid(z: Any) -> np.ndarray:
     """Logistic function ``1 / (1 + exp(-z))``, element-wise.
@@ -321,9 +335,10 @@ def mse_loss(predictions: Any, targets: Any) -> float:
 
 
 def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    picked = probabilities[np.arange(len(labels)), labels]
-    tiny = np.finfo(probabilities.dtype).tiny
-    return float(-np.mean(np.log(np.maximum(picked, tiny)), dtype=np.float64))
+    picked = probabilities[np.arange(len(labels)), labels]  # a new array
+    np.maximum(picked, _TINY[picked.dtype], out=picked)
+    np.log(picked, out=picked)
+    return -float(np.add.reduce(picked, dtype=np.float64) / len(labels))
 
 
 def cross_entropy_loss(probabilities: Any, labels: Any) -> float:
@@ -721,11 +736,13 @@ class _BatchDrawer:
     with flips, their mirror images after them, row ``i + n_train`` mirroring
     row ``i``.  Drawing a batch is then one gather of sorted row numbers (the
     loss and gradients of a batch do not depend on the order of its rows, and
-    sorted numbers read memory forwards), converted to float32 in the buffer
+    sorted numbers read memory forwards), converted to float32 in a buffer
     when the source is not float32, and scaled there in place when
-    ``scaling`` is given.  The buffer (size + 1, d_in) holds ``first_row``
-    (zeros by default) before the batch: the stack that
-    :func:`_cross_entropy_step` takes with ``shift_row``.
+    ``scaling`` is given.  Each of the ``buffers`` buffers (size + 1, d_in)
+    holds ``first_row`` (zeros by default) before the batch: the stack that
+    :func:`_cross_entropy_step` takes with ``shift_row``.  Draws into
+    different buffers may not run at the same time: they share the scratch
+    rows of the gather.
     """
 
     def __init__(
@@ -736,44 +753,87 @@ class _BatchDrawer:
         *,
         first_row: np.ndarray | None = None,
         scaling: tuple[np.ndarray, np.ndarray] | None = None,
+        buffers: int = 1,
     ) -> None:
         self.source, self.n_train, self.scaling = source, n_train, scaling
         d_in = source.shape[1]
-        self.stacked = np.zeros((size + 1, d_in), np.float32)
-        if first_row is not None:
-            self.stacked[0] = first_row
+        self.buffers = [np.zeros((size + 1, d_in), np.float32) for _ in range(buffers)]
+        for stacked in self.buffers:
+            if first_row is not None:
+                stacked[0] = first_row
+        # Scratch rows that a source of another dtype than float32 is gathered
+        # into before its conversion into a buffer (float32 rows are gathered
+        # straight into the buffer).
         self.gathered = (
-            self.stacked[1:]
-            if source.dtype == np.float32
-            else np.empty((size, d_in), source.dtype)
+            None if source.dtype == np.float32 else np.empty((size, d_in), source.dtype)
         )
 
     def draw(
-        self, rows: np.ndarray, mirrored: np.ndarray | None
+        self, rows: np.ndarray, mirrored: np.ndarray | None, buffer: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """The batch of training ``rows`` (b,), those at ``mirrored`` (b,) flipped.
 
         Returns the first row and the batch, stacked (b + 1, d_in), float32: a
-        view of the buffer, which the next call overwrites; and the training
-        row of each row of the batch (b,).
+        view of buffer number ``buffer``, which the next draw into it
+        overwrites; and the training row of each row of the batch (b,).
         """
         picked = rows if mirrored is None else rows + self.n_train * mirrored
         picked = np.sort(picked)
         b = len(picked)
+        stacked = self.buffers[buffer]
+        x = stacked[1 : b + 1]
         # mode="clip" (every row number is valid) spares numpy a buffered copy.
-        gathered = np.take(
-            self.source, picked, axis=0, out=self.gathered[:b], mode="clip"
-        )
-        x = self.stacked[1 : b + 1]
+        into = x if self.gathered is None else self.gathered[:b]
+        gathered = np.take(self.source, picked, axis=0, out=into, mode="clip")
         if gathered is not x:
             np.copyto(x, gathered)  # to float32
         if self.scaling is not None:
             shift, scale = self.scaling
             x -= shift
             x *= scale
-        return self.stacked[
-            : b + 1
-        ], picked if mirrored is None else picked % self.n_train
+        return stacked[: b + 1], picked if mirrored is None else picked % self.n_train
+
+
+class _DrawAhead:
+    """Draws the batches of an epoch on a second thread, AHEAD steps early.
+
+    The batch of step ``s`` is drawn into the drawer's buffer ``s % AHEAD``:
+    for the first AHEAD steps when the epoch starts, later once the step
+    AHEAD steps before it has released that buffer (:meth:`release`, after
+    its backward pass has read its batch for the last time).  The pool's one
+    thread draws the batches in order, one at a time.
+    """
+
+    def __init__(self, drawer: _BatchDrawer, pool: ThreadPoolExecutor) -> None:
+        self.drawer, self.pool = drawer, pool
+        self.batches: list[np.ndarray] = []
+        self.flips: list[np.ndarray | None] = []
+        self.pending: deque[Future] = deque()
+
+    def start(self, batches: list[np.ndarray], flips: list[np.ndarray | None]) -> None:
+        """Start the draws of a new epoch's ``batches`` and ``flips``."""
+        self.batches, self.flips = batches, flips
+        for step in range(AHEAD):
+            self._submit(step)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next step's batch, as :meth:`_BatchDrawer.draw` returns it."""
+        return self.pending.popleft().result()
+
+    def release(self, step: int) -> None:
+        """Step ``step`` no longer reads its batch: draw into its buffer."""
+        self._submit(step + AHEAD)
+
+    def _submit(self, step: int) -> None:
+        if step < len(self.batches):
+            self.pending.append(
+                self.pool.submit(
+                    self.drawer.draw,
+                    self.batches[step],
+                    self.flips[step],
+                    step % AHEAD,
+                )
+            )
 
 
 class _FoldedScaling:
@@ -1041,6 +1101,7 @@ def train_mlp(
             size,
             first_row=None if folded is None else -folded.shift,
             scaling=batch_scaling,
+            buffers=1 if full_batch else AHEAD,
         )
     best = [p.copy() for p in params]
     decayed = (0, 2) if weight_decay else ()  # w1 and w2; not the biases
@@ -1057,13 +1118,15 @@ def train_mlp(
 
     # Overflow and invalid values are let through: divergence is checked below.
     with np.errstate(over="ignore", invalid="ignore"), ExitStack() as stack:
-        # With more than one step an epoch, a second thread draws the next
-        # batch while this one updates the weights: both are work on one core,
-        # and they overlap.  The drawer has one buffer, which the step has read
-        # for the last time in its backward pass, before the draw starts.
+        # With more than one step an epoch, a second thread draws the batches
+        # AHEAD steps in advance, each into the drawer's buffer that the step
+        # AHEAD steps before it has read for the last time (in its backward
+        # pass): a draw is work on one core, and it overlaps the steps before
+        # its batch.
         prefetch = None
         if not full_batch:  # mini-batches always have a drawer
-            prefetch = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            prefetch = _DrawAhead(drawer, pool)
         for epoch in range(1, num_epoch + 1):
             previous_lr = lr
             lr = learning_rate_at(learning_rate, schedule, epoch, num_epoch)
@@ -1077,25 +1140,24 @@ def train_mlp(
 
             batches = [order[start : start + size] for start in range(0, n_train, size)]
             flips = [rng.random(len(rows)) < 0.5 if flip else None for rows in batches]
-            drawn = None  # the next batch, being drawn by `prefetch`
+            if prefetch is not None:
+                prefetch.start(batches, flips)
             for step, rows in enumerate(batches):
                 if drawer is None:
                     x = data_train  # one full-batch step, no flips: no copy
                 else:
-                    if drawn is None:
+                    if prefetch is None:
                         x, rows = drawer.draw(rows, flips[step])
                     else:
-                        x, rows = drawn.result()
+                        x, rows = prefetch.take()
                     x = x if folded else x[1:]
                 y = labels_train[rows]
 
                 loss, _, a2 = _cross_entropy_step(
                     *params, x, y, activation, folded is not None, grads
                 )
-                drawn = None  # x is not read again: draw the next batch into it
-                if prefetch is not None and step + 1 < len(batches):
-                    after = step + 1
-                    drawn = prefetch.submit(drawer.draw, batches[after], flips[after])
+                if prefetch is not None:  # x is not read again: draw into it
+                    prefetch.release(step)
                 _check_finite(epoch, loss, [], learning_rate)
 
                 # The momentum step in place (docs/backprop.md):
