@@ -758,8 +758,8 @@ class _BatchDrawer:
         self.source, self.n_train, self.scaling = source, n_train, scaling
         d_in = source.shape[1]
         self.buffers = [np.zeros((size + 1, d_in), np.float32) for _ in range(buffers)]
-        for stacked in self.buffers:
-            if first_row is not None:
+        if first_row is not None:
+            for stacked in self.buffers:
                 stacked[0] = first_row
         # Scratch rows that a source of another dtype than float32 is gathered
         # into before its conversion into a buffer (float32 rows are gathered
